@@ -47,7 +47,13 @@ class LayerWeights(NamedTuple):
 
 def split_gates(gates: np.ndarray):
     """(…, 4H) -> four views (…, H): i, f, g, o."""
-    return np.split(gates, 4, axis=-1)
+    hidden = gates.shape[-1] // 4
+    return (
+        gates[..., :hidden],
+        gates[..., hidden : 2 * hidden],
+        gates[..., 2 * hidden : 3 * hidden],
+        gates[..., 3 * hidden :],
+    )
 
 
 # ---------------------------------------------------------------------------------- one step

@@ -15,3 +15,7 @@ class CheckpointError(LstmScratchError):
 
 class ConfigError(LstmScratchError):
     """An option value that cannot work (non-positive size, unknown optimizer, ...)."""
+
+
+class TrainingError(LstmScratchError):
+    """Training cannot go on (a NaN or inf loss); the last good checkpoint is kept."""

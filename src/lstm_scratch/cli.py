@@ -1,0 +1,219 @@
+"""The command line: ``lstm-scratch train | sample | eval``. It parses and calls the library.
+
+Every error caused by input is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import data
+from .config import make_config
+from .errors import LstmScratchError
+from .evaluate import evaluate, predictions
+from .loading import load_model
+from .sample import sample, validate_sampling
+from .train import train
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; one line is enough
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _train_arguments(p):
+    S = argparse.SUPPRESS  # options not given stay out of the namespace: preset values stand
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data", default=S, help="UTF-8 text file (default: the built-in Hamlet passage)"
+    )
+    g.add_argument("--preset", default=S, help="hamlet (the default without --data)")
+    g.add_argument("--encoding", default=S, help="text encoding (default utf-8)")
+    g.add_argument("--lower", action="store_true", default=S, help="lowercase the text")
+    g.add_argument("--val-fraction", type=float, default=S, help="held-out tail (default 0.1)")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden-size", type=int, default=S)
+    g.add_argument("--num-layers", type=int, default=S)
+    g.add_argument("--embed-size", type=int, default=S, help="0 for one-hot input")
+    g.add_argument("--dropout", type=float, default=S)
+    g.add_argument("--init", choices=["pytorch", "xavier"], default=S)
+    g.add_argument("--forget-bias", type=float, default=S)
+    g.add_argument("--dtype", choices=["float32", "float64"], default=S)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=S)
+    g.add_argument("--seq-len", type=int, default=S, help="BPTT window")
+    g.add_argument("--steps", type=int, default=S)
+    g.add_argument("--epochs", type=float, default=S)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=S)
+    g.add_argument("--lr", type=float, default=S)
+    g.add_argument("--weight-decay", type=float, default=S)
+    g.add_argument("--momentum", type=float, default=S)
+    g.add_argument("--schedule", choices=["constant", "cosine", "step"], default=S)
+    g.add_argument("--warmup-steps", type=int, default=S)
+    g.add_argument("--min-lr-ratio", type=float, default=S)
+    g.add_argument("--step-size", type=int, default=S)
+    g.add_argument("--gamma", type=float, default=S)
+    g.add_argument("--grad-clip", type=float, default=S, help="clip the global gradient norm")
+    g.add_argument("--clip-value", type=float, default=S, help="clip each gradient entry")
+    g.add_argument("--loss-reduction", choices=["mean", "sum"], default=S)
+    g = p.add_argument_group("the run")
+    g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--eval-every", type=int, default=S)
+    g.add_argument("--checkpoint-every", type=int, default=S)
+    g.add_argument("--patience", type=int, default=S, help="early stopping (evaluations)")
+    g.add_argument("--time-limit", type=float, default=S, help="minutes")
+    g.add_argument("--out", default=None, help="run folder (default runs/<name>)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly")
+    g.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this call")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="lstm-scratch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _train_arguments(sub.add_parser("train", help="train a character language model"))
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("--length", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser("eval", help="loss, bits/char, perplexity and accuracy on a text")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--lower", action="store_true", default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=256)
+    return parser
+
+
+def cmd_train(args) -> int:
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "out", "resume", "stop_after", "quiet", "preset")
+    }
+    if args.resume:
+        result = train(
+            resume=args.resume,
+            out=args.out,
+            overrides=options,
+            quiet=args.quiet,
+            stop_after=args.stop_after,
+        )
+    else:
+        preset = getattr(args, "preset", None) or ("hamlet" if "data" not in options else None)
+        config = make_config(preset, **options)
+        result = train(config, out=args.out, quiet=args.quiet, stop_after=args.stop_after)
+    m = result.metrics
+    if m:
+        print(
+            f"step {result.step}: val loss {m['val_loss']:.4f} nats/char, "
+            f"{m['val_bpc']:.4f} bits/char, perplexity {m['val_perplexity']:.3f}, "
+            f"accuracy {m['val_accuracy']:.2%} ({result.stopped_by})"
+        )
+    print(f"checkpoint: {result.out}")
+    if result.stopped_by in EXIT_CODES:
+        return EXIT_CODES[result.stopped_by]
+    if result.config.data is None:  # the built-in passage: report as the notebook did
+        _memorisation_report(result)
+    return 0
+
+
+def _memorisation_report(result) -> None:
+    """What the original notebook printed: ground truth, predictions, accuracy; then a sample."""
+    config = result.model.config
+    ids = result.vocab.encode(data.HAMLET)
+    argmax_ids, sampled_ids = predictions(result.model, ids, np.random.default_rng(0))
+    truth = ids[1:]
+    print("\nGround truth:\n" + result.vocab.decode(truth))
+    print("\nPredictions (teacher-forced argmax):\n" + result.vocab.decode(argmax_ids))
+    print(
+        f"\nAccuracy: {np.mean(argmax_ids == truth):.2%} teacher-forced argmax, "
+        f"{np.mean(sampled_ids == truth):.2%} sampled as the notebook did "
+        f"(hidden {config.hidden_size}, {result.step} steps)"
+    )
+    prime = "to be, or not"
+    print(f"\nSample (temperature 0.5): {prime}", end="")
+    sample(
+        result.model,
+        result.vocab.encode(prime),
+        120,
+        temperature=0.5,
+        seed=0,
+        on_id=lambda i: print(result.vocab.decode([i]), end="", flush=True),
+    )
+    print()
+
+
+def cmd_sample(args) -> int:
+    validate_sampling(args.length, args.temperature, args.top_k, args.top_p)
+    model, vocab, _ = load_model(args.checkpoint)
+    if args.prime:
+        prime_ids = vocab.encode(args.prime)
+    else:
+        prime_ids = np.random.default_rng(args.seed).integers(0, len(vocab), size=1)
+    sys.stdout.write(vocab.decode(prime_ids))
+    sample(
+        model,
+        prime_ids,
+        args.length,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        on_id=lambda i: (sys.stdout.write(vocab.decode([i])), sys.stdout.flush()),
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model, vocab, meta = load_model(args.checkpoint)
+    lower = (
+        args.lower if args.lower is not None else meta.get("train_config", {}).get("lower", False)
+    )
+    text = data.load_text(args.data, args.encoding, lower)
+    ids, unknown = vocab.encode_known(text)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch, _ in unknown.most_common(10))
+        print(
+            f"{sum(unknown.values())} characters not in the model's vocabulary were skipped "
+            f"({len(unknown)} distinct: {shown})"
+        )
+    if len(ids) < 2:
+        raise data.DataError(f"{args.data}: fewer than 2 characters of the model's vocabulary")
+    m = evaluate(model, ids, args.batch_size, args.seq_len)
+    print(
+        f"{args.data}: loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char, "
+        f"perplexity {m['perplexity']:.3f}, accuracy {m['accuracy']:.2%} over {m['chars']} chars"
+    )
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a one-line usage error (code 2)
+        return int(exit_.code or 0)
+    command = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command]
+    try:
+        return command(args)
+    except LstmScratchError as error:
+        print(f"lstm-scratch {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outside training (which saves and stops on its own)
+        print(f"lstm-scratch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

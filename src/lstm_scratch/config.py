@@ -1,0 +1,143 @@
+"""Training configuration: one dataclass, named presets, and validation with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None  # a UTF-8 text file; None: the built-in Hamlet passage
+    encoding: str = "utf-8"
+    lower: bool = False
+    val_fraction: float = 0.1  # the last 10 % of the text, as nanoGPT
+    # model
+    hidden_size: int = 128
+    num_layers: int = 2
+    embed_size: int = 32  # 0: one-hot input
+    dropout: float = 0.0
+    init: str = "pytorch"
+    forget_bias: float | None = None
+    dtype: str = "float32"
+    # optimisation
+    batch_size: int = 32
+    seq_len: int = 64
+    steps: int | None = None  # steps or epochs; neither: 1000 steps
+    epochs: float | None = None
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: str = "constant"  # "constant", "cosine" (with warmup) or "step"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    step_size: int = 1000
+    gamma: float = 0.5
+    grad_clip: float | None = 5.0  # clip the global gradient norm
+    clip_value: float | None = None  # clip each gradient entry to ±clip_value (the notebook)
+    loss_reduction: str = "mean"  # "sum": the notebook's summed loss
+    # the run
+    seed: int = 0
+    eval_every: int = 200
+    checkpoint_every: int | None = None  # default: at every evaluation
+    patience: int | None = None  # early stopping after this many evaluations without improvement
+    time_limit: float | None = None  # minutes
+    preset: str | None = None
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size,
+            self.hidden_size,
+            self.num_layers,
+            self.embed_size,
+            self.dropout,
+            self.init,
+            self.forget_bias,
+            self.dtype,
+        )
+
+
+PRESETS: dict[str, dict] = {
+    # The original notebook: one layer of 25, one-hot input, Xavier init, plain SGD at 0.05 on the
+    # summed loss, each gradient entry clipped to ±1, the whole passage as one BPTT window,
+    # 1000 epochs, no held-out text (it is tested on what it memorised).
+    "hamlet": dict(
+        hidden_size=25,
+        num_layers=1,
+        embed_size=0,
+        init="xavier",
+        optimizer="sgd",
+        lr=0.05,
+        grad_clip=None,
+        clip_value=1.0,
+        loss_reduction="sum",
+        batch_size=1,
+        seq_len=865,
+        epochs=1000,
+        val_fraction=0.0,
+        eval_every=250,
+        dropout=0.0,
+    ),
+}
+
+RESUME_OVERRIDABLE = ("steps", "epochs", "time_limit", "eval_every", "checkpoint_every", "patience")
+
+
+def make_config(preset: str | None = None, **options) -> TrainConfig:
+    """TrainConfig defaults, then the preset's values, then ``options`` (unknown names rejected)."""
+    values = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+    values.update(options)
+    config = TrainConfig(preset=preset, **values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    positive = [
+        "hidden_size",
+        "num_layers",
+        "batch_size",
+        "seq_len",
+        "eval_every",
+        "steps",
+        "checkpoint_every",
+        "patience",
+        "step_size",
+    ]
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and (int(value) != value or value < 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for name in ("lr", "epochs", "time_limit", "grad_clip", "clip_value"):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if config.embed_size < 0 or config.warmup_steps < 0 or config.weight_decay < 0:
+        raise ConfigError("--embed-size, --warmup-steps and --weight-decay must be >= 0")
+    if not 0 <= config.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if not 0 <= config.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.steps is not None and config.epochs is not None:
+        raise ConfigError("give --steps or --epochs, not both")
+    choices = {
+        "init": ("pytorch", "xavier"),
+        "dtype": ("float32", "float64"),
+        "loss_reduction": ("mean", "sum"),
+    }
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"unknown {name} {getattr(config, name)!r}: choose from {allowed}")

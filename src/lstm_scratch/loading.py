@@ -1,0 +1,29 @@
+"""Rebuilding a model and its vocabulary from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint
+from .data import Vocab
+from .errors import CheckpointError
+from .model import CharLM, ModelConfig
+
+
+def load_model(path: str | Path) -> tuple[CharLM, Vocab, dict]:
+    """A checkpoint folder (or its model.safetensors) -> (model, vocab, metadata)."""
+    weights, meta = checkpoint.load_checkpoint(path)
+    try:
+        config = ModelConfig(**meta["model"])
+        vocab = Vocab.from_json(meta["vocab"])
+        if config.vocab_size != len(vocab):
+            raise ValueError(
+                f"the vocabulary has {len(vocab)} characters, the model {config.vocab_size}"
+            )
+        model = CharLM(config)
+        model.params.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: the checkpoint does not describe a usable model ({error})"
+        ) from None
+    return model, vocab, meta

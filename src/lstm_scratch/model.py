@@ -1,0 +1,136 @@
+"""The character language model: (embedding or one-hot) -> L-layer LSTM -> linear -> softmax.
+
+Letters for shapes: T time, B batch, E embedding size (V when the input is one-hot), H hidden,
+V vocabulary, L layers. Parameter names are PyTorch's (``embedding.weight``, ``lstm.weight_ih_l0``,
+…, ``decoder.weight``, ``decoder.bias``), all views into one flat buffer (``model.params.flat``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import init, ops
+from .lstm import (
+    StackCache,
+    initialise_lstm,
+    layer_views,
+    lstm_parameter_shapes,
+    stacked_lstm_backward,
+    stacked_lstm_forward,
+)
+from .params import FlatParams
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int = 128
+    num_layers: int = 1
+    embed_size: int = 0  # 0: one-hot input, as the original notebook
+    dropout: float = 0.0  # on the input of LSTM layers 2..L and on the last layer's output
+    init: str = "pytorch"  # or "xavier" (the notebook's)
+    forget_bias: float | None = None
+    dtype: str = "float32"
+
+
+class CharLMCache(NamedTuple):
+    inputs: np.ndarray  # (T, B) ids
+    lstm: StackCache
+    top_mask: np.ndarray | None  # (T, B, H) dropout on the last LSTM output
+    decoder_input: ops.LinearCache
+    loss: ops.CrossEntropyCache | None
+
+
+class CharLM:
+    """A character-level LSTM language model with hand-written forward and backward passes.
+
+    >>> model = CharLM(ModelConfig(vocab_size=30, hidden_size=32))
+    >>> ids = np.zeros((10, 4), dtype=np.int64)                 # (T, B)
+    >>> loss, grads, state = model.loss_and_grads(ids, ids)   # grads: a FlatParams
+    """
+
+    def __init__(self, config: ModelConfig, seed: int = 0):
+        self.config = config
+        self.dtype = np.dtype(config.dtype)
+        V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
+        shapes = {"embedding.weight": (V, E)} if E else {}
+        lstm_shapes = lstm_parameter_shapes(E or V, H, L)
+        shapes.update({f"lstm.{name}": shape for name, shape in lstm_shapes.items()})
+        shapes.update({"decoder.weight": (V, H), "decoder.bias": (V,)})
+        self.params = FlatParams(shapes, self.dtype)
+        self.layers = layer_views(self.params, L, prefix="lstm.")
+        rng = np.random.default_rng(seed)
+        initialise_lstm(self.layers, rng, config.init, config.forget_bias)
+        if E:  # torch.nn.Embedding's default N(0, 1)
+            self.params["embedding.weight"][...] = rng.standard_normal((V, E)).astype(self.dtype)
+        if config.init == "xavier":  # the notebook: Xavier output weights, zero bias
+            self.params["decoder.weight"][...] = init.xavier_uniform(rng, (V, H), H, V, self.dtype)
+        else:  # torch.nn.Linear's default U(-1/√H, 1/√H) for weight and bias
+            bound = 1 / math.sqrt(H)
+            self.params["decoder.weight"][...] = init.uniform(rng, (V, H), bound, self.dtype)
+            self.params["decoder.bias"][...] = init.uniform(rng, (V,), bound, self.dtype)
+
+    @property
+    def num_parameters(self) -> int:
+        return self.params.flat.size
+
+    def zero_state(self, batch: int):
+        shape = (self.config.num_layers, batch, self.config.hidden_size)  # (L, B, H)
+        return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
+
+    def _embed(self, ids):
+        if self.config.embed_size:
+            return self.params["embedding.weight"][ids]  # (T, B, E)
+        return ops.one_hot(ids, self.config.vocab_size, self.dtype)  # (T, B, V)
+
+    def forward(self, ids, state=None, rng: np.random.Generator | None = None):
+        """ids (T, B) -> logits (T, B, V), final state (h, c) each (L, B, H), cache.
+
+        Dropout is applied when ``rng`` is given (training), never otherwise.
+        """
+        steps, batch = ids.shape
+        H, p = self.config.hidden_size, self.config.dropout
+        train_dropout = rng is not None and p > 0
+        masks = [None] * self.config.num_layers
+        top_mask = None
+        if train_dropout:
+            for k in range(1, self.config.num_layers):
+                masks[k] = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
+            top_mask = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
+        h0, c0 = self.zero_state(batch) if state is None else state
+        y, state, lstm_cache = stacked_lstm_forward(self._embed(ids), self.layers, h0, c0, masks)
+        if top_mask is not None:
+            y = y * top_mask  # (T, B, H)
+        logits, decoder_cache = ops.linear_forward(
+            y, self.params["decoder.weight"], self.params["decoder.bias"]
+        )  # (T, B, V)
+        return logits, state, CharLMCache(ids, lstm_cache, top_mask, decoder_cache, None)
+
+    def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None):
+        """Forward, softmax cross-entropy against ``targets`` (T, B), and backward.
+
+        Returns the loss (nats per character for "mean"), the gradients as a FlatParams laid out
+        like ``self.params`` (so ``grads.flat`` lines up with ``params.flat``), and the final
+        state for the next chunk of truncated BPTT (no gradient flows back across chunks).
+        """
+        logits, state, cache = self.forward(inputs, state, rng)
+        loss, loss_cache = ops.cross_entropy_forward(logits, targets, reduction)
+        grads = self.params.zeros_like()
+        dlogits = ops.cross_entropy_backward(loss_cache).reshape(logits.shape)  # (T, B, V)
+        dy, grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_backward(
+            dlogits, cache.decoder_input, self.params["decoder.weight"]
+        )  # dy (T, B, H)
+        if cache.top_mask is not None:
+            dy *= cache.top_mask
+        grad_layers = layer_views(grads, self.config.num_layers, prefix="lstm.")
+        dx, _ = stacked_lstm_backward(dy, cache.lstm, self.layers, None, None, grad_layers)
+        if self.config.embed_size:  # dx (T, B, E) scatters into the embedding rows
+            embed = ops.EmbeddingCache(inputs)
+            grads["embedding.weight"][...] = ops.embedding_backward(
+                dx, embed, self.config.vocab_size
+            )
+        return float(loss), grads, state

@@ -1,0 +1,69 @@
+"""Generating text from a model, one character at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import ConfigError
+from .model import CharLM
+
+
+def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
+    """logits (V,) -> probabilities (V,) in float64 after temperature, top-k and top-p (nucleus).
+
+    temperature 0 puts all the mass on the argmax (greedy decoding).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.zeros(logits.shape, dtype=np.float64)  # (V,)
+    if temperature == 0:
+        probs[np.argmax(logits)] = 1.0
+        return probs
+    scaled = logits / temperature
+    if 0 < top_k < scaled.size:
+        scaled[scaled < np.sort(scaled)[-top_k]] = -np.inf
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        keep = np.cumsum(probs[order]) - probs[order] < top_p  # the smallest set reaching top_p
+        probs[order[~keep]] = 0.0
+        probs /= probs.sum()
+    return probs
+
+
+def validate_sampling(length=1, temperature=1.0, top_k=0, top_p=1.0) -> None:
+    if length < 0:
+        raise ConfigError(f"--length must be >= 0, got {length}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+def sample(
+    model: CharLM,
+    prime_ids: np.ndarray,
+    length: int,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    on_id: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each."""
+    validate_sampling(length, temperature, top_k, top_p)
+    rng = np.random.default_rng(seed)
+    logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
+    out = []
+    for _ in range(length):
+        probs = next_char_distribution(logits[-1, 0], temperature, top_k, top_p)
+        next_id = int(rng.choice(probs.size, p=probs))
+        out.append(next_id)
+        if on_id is not None:
+            on_id(next_id)
+        logits, state, _ = model.forward(np.array([[next_id]]), state)  # (1, 1, V)
+    return out

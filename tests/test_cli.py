@@ -1,0 +1,282 @@
+"""The command line, called through its real entry point in temporary folders."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lstm_scratch import checkpoint
+from lstm_scratch.cli import main
+from lstm_scratch.data import HAMLET
+
+SMALL = [
+    "--hidden-size",
+    "16",
+    "--num-layers",
+    "2",
+    "--embed-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--quiet",
+]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(
+        HAMLET * 2 + "\nAnd Ophelia, nymph, in thy orisons be all my sins remember'd.\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hamlet_preset_memorises_the_passage(capsys, tmp_path, seed):
+    code, out, _ = run(capsys, "train", "--seed", seed, "--quiet", "--out", tmp_path / "run")
+    assert code == 0
+    accuracy = float(re.search(r"Accuracy: ([\d.]+)% teacher-forced", out).group(1))
+    assert accuracy >= 99.0, out
+    assert "Ground truth:" in out and "Predictions" in out and "sampled as the notebook did" in out
+
+
+def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        30,
+        "--eval-every",
+        10,
+        "--out",
+        run_dir,
+        *SMALL,
+    )
+    assert code == 0, out
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "model.safetensors",
+        "train_state.safetensors",
+        "metrics.jsonl",
+        "best",
+    }
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [10, 20, 30]
+    assert lines[-1]["val_loss"] < lines[0]["val_loss"]
+    assert {"val_bpc", "val_perplexity", "val_accuracy", "train_loss", "lr"} <= set(lines[0])
+
+    code, out, _ = run(capsys, "sample", run_dir, "--prime", "to be", "--length", 40, "--seed", 3)
+    assert code == 0 and out.startswith("to be") and len(out.rstrip("\n")) == 45
+    _, again, _ = run(capsys, "sample", run_dir, "--prime", "to be", "--length", 40, "--seed", 3)
+    assert again == out
+    _, greedy, _ = run(
+        capsys, "sample", run_dir, "--prime", "to", "--temperature", 0, "--length", 20
+    )
+    _, greedy2, _ = run(
+        capsys, "sample", run_dir, "--prime", "to", "--temperature", 0, "--length", 20
+    )
+    assert greedy == greedy2
+
+    other = tmp_path / "other.txt"
+    other.write_text("to be or not to be — ¿qué? 🙂", encoding="utf-8")
+    code, out, _ = run(capsys, "eval", run_dir, "--data", other)
+    assert code == 0
+    assert re.search(
+        r"4 characters not in the model's vocabulary were skipped \(4 distinct", out
+    ), out
+    assert "bits/char" in out and "perplexity" in out and "over 23 chars" in out
+
+
+def test_resume_gives_the_same_weights_bit_for_bit(capsys, tmp_path, text_file):
+    options = [
+        "--data",
+        text_file,
+        "--steps",
+        24,
+        "--eval-every",
+        8,
+        "--dropout",
+        0.2,
+        "--schedule",
+        "cosine",
+        "--warmup-steps",
+        3,
+        *SMALL,
+    ]
+    assert run(capsys, "train", *options, "--out", tmp_path / "whole")[0] == 0
+    assert run(capsys, "train", *options, "--out", tmp_path / "parts", "--stop-after", 11)[0] == 0
+    assert checkpoint.load_train_state(tmp_path / "parts")[1]["step"] == 11
+    assert run(capsys, "train", "--resume", tmp_path / "parts", "--quiet")[0] == 0
+    whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert np.array_equal(whole[name], parts[name]), name
+
+
+def test_same_seed_same_numbers(capsys, tmp_path, text_file):
+    options = [
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        12,
+        "--eval-every",
+        6,
+        "--dropout",
+        0.1,
+        *SMALL,
+    ]
+    run(capsys, *options, "--out", tmp_path / "a")
+    run(capsys, *options, "--out", tmp_path / "b")
+    run(capsys, *options, "--out", tmp_path / "c", "--seed", 5)
+    a, b, c = (weights(tmp_path / n)["decoder.weight"] for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["val_loss"] for line in lines]
+
+    assert losses("a") == losses("b")
+
+
+def test_short_text_adapts_and_says_so(capsys, tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello world, hello lstm", encoding="utf-8")
+    code, out, _ = run(
+        capsys, "train", "--data", path, "--steps", 3, "--quiet", "--out", tmp_path / "run"
+    )
+    assert code == 0
+    assert "too short" in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "fragments"),
+    [
+        (None, ["train", "--data", "{tmp}/missing.txt"], ["no such file"]),
+        ("empty", ["train", "--data", "{tmp}/f"], ["empty"]),
+        (None, ["train", "--data", "{tmp}"], ["directory"]),
+        ("one", ["train", "--data", "{tmp}/f"], ["at least 2"]),
+        ("latin1", ["train", "--data", "{tmp}/f"], ["offset 3", "--encoding"]),
+        (None, ["train", "--hidden-size", "0"], ["--hidden-size", "positive"]),
+        (None, ["train", "--batch-size", "-2"], ["--batch-size"]),
+        (None, ["train", "--seq-len", "0"], ["--seq-len"]),
+        (None, ["train", "--lr", "0"], ["--lr"]),
+        (None, ["train", "--preset", "bogus"], ["unknown preset 'bogus'"]),
+        (None, ["train", "--optimizer", "rmsprop"], ["rmsprop"]),
+        (None, ["train", "--steps", "ten"], ["--steps"]),
+        (None, ["sample", "{tmp}/nothing"], ["nothing"]),
+        ("random", ["sample", "{tmp}/f"], ["cannot load"]),
+        ("version", ["sample", "{tmp}/f"], ["format version 2"]),
+        ("foreign", ["eval", "{tmp}/f", "--data", "{tmp}/f"], ["not an lstm-scratch"]),
+        (None, ["train", "--resume", "{tmp}"], ["model.safetensors"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, setup, args, fragments):
+    f = tmp_path / "f"
+    if setup == "empty":
+        f.write_bytes(b"")
+    elif setup == "one":
+        f.write_text("x")
+    elif setup == "latin1":
+        f.write_bytes("abc\xe9t\xe9".encode("latin-1"))
+    elif setup == "random":
+        f.write_bytes(np.random.default_rng(0).bytes(300))
+    elif setup == "version":
+        meta = {"format": "lstm-scratch", "format_version": 2, "role": "model"}
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(f), {"lstm_scratch": json.dumps(meta)})
+    elif setup == "foreign":
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(f))
+    code, _, err = run(capsys, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_checkpoint_errors_keep_the_checkpoint(capsys, tmp_path, text_file):
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", "--data", text_file, "--steps", 4, "--out", run_dir, *SMALL)[0] == 0
+    before = (run_dir / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", "--data", text_file, "--steps", 4, "--out", run_dir, *SMALL)
+    assert_one_line_error(code, err, "already holds a checkpoint", "--resume")
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--hidden-size", "32")
+    assert_one_line_error(code, err, "--hidden-size", "cannot change")
+    code, _, err = run(capsys, "sample", run_dir, "--prime", "XYZ")
+    assert_one_line_error(code, err, "'X'", "'Y'", "'Z'")
+    code, _, err = run(capsys, "sample", run_dir, "--top-p", "0")
+    assert_one_line_error(code, err, "--top-p")
+    assert (run_dir / "model.safetensors").read_bytes() == before
+
+
+def test_sigint_saves_and_resume_continues(tmp_path, text_file):
+    """A real process, a real SIGINT: checkpoint written, exit code 130, resumable."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "lstm_scratch.cli",
+        "train",
+        "--data",
+        str(text_file),
+        "--steps",
+        "100000",
+        "--eval-every",
+        "5",
+        "--out",
+        str(run_dir),
+        *SMALL,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "model.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    step = checkpoint.load_train_state(run_dir)[1]["step"]
+    assert step >= 5
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lstm_scratch.cli",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--steps",
+            str(step + 3),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert checkpoint.load_train_state(run_dir)[1]["step"] == step + 3
