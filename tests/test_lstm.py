@@ -11,9 +11,9 @@ from gradcheck import rel_error
 from lstm_scratch import LSTM
 
 
-def random_lstm(D, H, L, seed=0, dtype=np.float64):
+def random_lstm(D, H, L, seed=0, dtype=np.float64, backend="numpy"):
     rng = np.random.default_rng(seed)
-    lstm = LSTM(D, H, L, dtype=dtype, seed=seed)
+    lstm = LSTM(D, H, L, dtype=dtype, seed=seed, backend=backend)
     lstm.load_state_dict({k: rng.normal(0, 0.7, v.shape) for k, v in lstm.state_dict().items()})
     return lstm, rng
 
@@ -23,7 +23,8 @@ def random_lstm(D, H, L, seed=0, dtype=np.float64):
 def test_two_chunks_equal_the_whole_sequence(T, B, L, data):
     """Truncated BPTT chains chunks: carry (h, c) forward and (dh, dc) backward."""
     split = data.draw(st.integers(1, T - 1))
-    lstm, rng = random_lstm(3, 4, L, seed=T * 100 + B * 10 + L)
+    backend = data.draw(st.sampled_from(["numpy", "numba"]))
+    lstm, rng = random_lstm(3, 4, L, seed=T * 100 + B * 10 + L, backend=backend)
     x, dy = rng.normal(size=(T, B, 3)), rng.normal(size=(T, B, 4))
     state = (rng.normal(size=(L, B, 4)), rng.normal(size=(L, B, 4)))
     dstate = (rng.normal(size=(L, B, 4)), rng.normal(size=(L, B, 4)))

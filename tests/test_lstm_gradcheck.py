@@ -10,11 +10,11 @@ from lstm_scratch.cell import lstm_step_forward, split_gates
 T, B, D, H, L = 4, 3, 5, 6, 2
 
 
-def make_problem(dropout=0.0, seed=0):
+def make_problem(dropout=0.0, seed=0, backend="numpy"):
     """An LSTM with weights scaled up and non-zero biases so that |c| > 1, random inputs, a random
     initial state, and a loss that reads the outputs and both final states."""
     rng = np.random.default_rng(seed)
-    lstm = LSTM(D, H, L, dropout=dropout, dtype=np.float64, seed=seed)
+    lstm = LSTM(D, H, L, dropout=dropout, dtype=np.float64, seed=seed, backend=backend)
     lstm.load_state_dict({k: rng.normal(0, 0.8, v.shape) for k, v in lstm.state_dict().items()})
     x = rng.normal(size=(T, B, D))
     h0, c0 = rng.normal(size=(L, B, H)), rng.normal(0, 1.5, size=(L, B, H))
@@ -31,9 +31,10 @@ def make_problem(dropout=0.0, seed=0):
     return lstm, x, h0, c0, (dy, dh_n, dc_n), loss
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_every_gradient_matches_central_differences(dropout):
-    lstm, x, h0, c0, (dy, dh_n, dc_n), loss = make_problem(dropout)
+def test_every_gradient_matches_central_differences(dropout, backend):
+    lstm, x, h0, c0, (dy, dh_n, dc_n), loss = make_problem(dropout, backend=backend)
     _, _, cache = lstm.forward(x, (h0, c0), rng=np.random.default_rng(42))
     # the notebook's bug (1 − c² in place of 1 − tanh²(c)) hides while |c| < 1: make sure it cannot
     assert all(np.abs(layer.cs).max() > 1 for layer in cache.layers)

@@ -10,10 +10,10 @@ from gradcheck import rel_error
 from lstm_scratch import LSTM
 
 
-def run_both(T, B, D, H, L, dtype, seed=0):
+def run_both(T, B, D, H, L, dtype, seed=0, backend="numpy"):
     """Same random weights (biases too), input, initial state and upstream gradients in both."""
     rng = np.random.default_rng(seed)
-    ours = LSTM(D, H, L, dtype=dtype, seed=seed)
+    ours = LSTM(D, H, L, dtype=dtype, seed=seed, backend=backend)
     ours.load_state_dict({k: rng.normal(0, 0.7, v.shape) for k, v in ours.state_dict().items()})
     x = rng.normal(size=(T, B, D)).astype(dtype)
     h0, c0 = rng.normal(size=(L, B, H)).astype(dtype), rng.normal(0, 2, (L, B, H)).astype(dtype)
@@ -41,8 +41,9 @@ SHAPES = [(5, 3, 4, 6, 2), (1, 1, 3, 4, 1), (7, 1, 2, 5, 3), (1, 4, 3, 5, 3), (3
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-10), (np.float32, 1e-4)])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}L{}".format(*s))
-def test_matches_torch(shape, dtype, tolerance):
-    mine, theirs = run_both(*shape, dtype)
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_matches_torch(shape, dtype, tolerance, backend):
+    mine, theirs = run_both(*shape, dtype, backend=backend)
     for name, value in mine.items():
         assert value.dtype == dtype, name
         assert rel_error(value, theirs[name]) < tolerance, name
@@ -56,8 +57,9 @@ def test_matches_torch(shape, dtype, tolerance):
     st.integers(1, 6),
     st.integers(1, 3),
     st.integers(0, 2**31),
+    st.sampled_from(["numpy", "numba"]),
 )
-def test_matches_torch_any_shape(T, B, D, H, L, seed):
-    mine, theirs = run_both(T, B, D, H, L, np.float64, seed)
+def test_matches_torch_any_shape(T, B, D, H, L, seed, backend):
+    mine, theirs = run_both(T, B, D, H, L, np.float64, seed, backend)
     for name, value in mine.items():
         assert rel_error(value, theirs[name]) < 1e-10, name

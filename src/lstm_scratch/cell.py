@@ -165,26 +165,14 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
     Returns y (T, B, H), (h_T, c_T) each (B, H), and the cache. y is a view into the cache:
     read it, do not write into it.
     """
-    steps, batch, features = x.shape
-    hidden = weights.weight_hh.shape[1]
-    dtype = x.dtype
-    gates = np.empty((steps, batch, 4 * hidden), dtype=dtype)  # (T, B, 4H)
-    # the input projection of every step in one GEMM: (T*B, D) @ (D, 4H)
-    np.matmul(
-        x.reshape(steps * batch, features), weights.weight_ih.T, out=gates.reshape(-1, 4 * hidden)
-    )
-    gates += weights.bias_ih
-    gates += weights.bias_hh
-    hs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
-    cs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
-    tanh_cs = np.empty((steps, batch, hidden), dtype=dtype)  # (T, B, H)
-    scratch = np.empty((batch, 4 * hidden), dtype=dtype)  # (B, 4H)
-    hs[0], cs[0] = h0, c0
-    for t in range(steps):
-        buffers = StepBuffers(gates[t], cs[t + 1], hs[t + 1], tanh_cs[t], scratch)
-        lstm_step_forward(gates[t], hs[t], cs[t], weights.weight_hh, out=buffers)
-    cache = LayerCache(x, hs, cs, gates, tanh_cs)
-    return hs[1:], (hs[steps].copy(), cs[steps].copy()), cache
+    cache = start_forward(x, weights, h0, c0)
+    scratch = np.empty(cache.gates.shape[1:], dtype=x.dtype)  # (B, 4H)
+    for t in range(x.shape[0]):
+        buffers = StepBuffers(
+            cache.gates[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t], scratch
+        )
+        lstm_step_forward(cache.gates[t], cache.hs[t], cache.cs[t], weights.weight_hh, buffers)
+    return finish_forward(cache)
 
 
 def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
@@ -193,22 +181,57 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
     Returns dx (T, B, D), (dh_0, dc_0) each (B, H), and the weight gradients as LayerWeights
     (written into ``grads`` when given: overwritten, not accumulated).
     """
-    steps, batch, hidden = dy.shape
-    features = cache.x.shape[2]
-    dtype = dy.dtype
-    dh = np.zeros((batch, hidden), dtype=dtype) if dh_n is None else np.array(dh_n, dtype=dtype)
-    dc = np.zeros((batch, hidden), dtype=dtype) if dc_n is None else np.array(dc_n, dtype=dtype)
-    dgates = np.empty((steps, batch, 4 * hidden), dtype=dtype)  # (T, B, 4H)
-    scratch = np.empty((batch, hidden), dtype=dtype)  # (B, H)
-    for t in reversed(range(steps)):
+    dh, dc, dgates = start_backward(dy, dh_n, dc_n)
+    scratch = np.empty_like(dh)  # (B, H)
+    for t in reversed(range(dy.shape[0])):
         dh += dy[t]
         lstm_step_backward(dh, dc, cache.step(t), weights.weight_hh, dgates[t], scratch)
+    dx, grads = finish_backward(dgates, cache, weights, grads)
+    return dx, (dh, dc), grads
+
+
+# ------------------------------------------- the work before and after the time loops, shared
+# with the compiled loops of the numba backend
+
+
+def start_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
+    """Allocate the layer's activations; fill gates with the input projection of every step."""
+    steps, batch, features = x.shape
+    hidden = weights.weight_hh.shape[1]
+    gates = np.empty((steps, batch, 4 * hidden), dtype=x.dtype)  # (T, B, 4H)
+    # one GEMM for all steps: (T*B, D) @ (D, 4H)
+    np.matmul(x.reshape(-1, features), weights.weight_ih.T, out=gates.reshape(-1, 4 * hidden))
+    gates += weights.bias_ih
+    gates += weights.bias_hh
+    hs = np.empty((steps + 1, batch, hidden), dtype=x.dtype)  # (T+1, B, H)
+    cs = np.empty((steps + 1, batch, hidden), dtype=x.dtype)  # (T+1, B, H)
+    tanh_cs = np.empty((steps, batch, hidden), dtype=x.dtype)  # (T, B, H)
+    hs[0], cs[0] = h0, c0
+    return LayerCache(x, hs, cs, gates, tanh_cs)
+
+
+def finish_forward(cache: LayerCache):
+    """y (T, B, H) as a view, the final state as copies, and the cache."""
+    return cache.hs[1:], (cache.hs[-1].copy(), cache.cs[-1].copy()), cache
+
+
+def start_backward(dy, dh_n, dc_n):
+    """dh and dc (B, H) set to the final state's gradients (or zero), and dgates (T, B, 4H)."""
+    steps, batch, hidden = dy.shape
+    dh = np.zeros((batch, hidden), dtype=dy.dtype) if dh_n is None else np.array(dh_n, dy.dtype)
+    dc = np.zeros((batch, hidden), dtype=dy.dtype) if dc_n is None else np.array(dc_n, dy.dtype)
+    return dh, dc, np.empty((steps, batch, 4 * hidden), dtype=dy.dtype)
+
+
+def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None):
+    """The weight gradients, one GEMM each over all steps, and dx (T, B, D)."""
+    steps, batch, four_h = dgates.shape
     if grads is None:
         grads = LayerWeights(*(np.empty_like(w) for w in weights))
-    dgates_2d = dgates.reshape(steps * batch, 4 * hidden)  # (T*B, 4H)
-    np.matmul(dgates_2d.T, cache.x.reshape(-1, features), out=grads.weight_ih)  # (4H, D)
-    np.matmul(dgates_2d.T, cache.hs[:-1].reshape(-1, hidden), out=grads.weight_hh)  # (4H, H)
+    dgates_2d = dgates.reshape(-1, four_h)  # (T*B, 4H)
+    np.matmul(dgates_2d.T, cache.x.reshape(steps * batch, -1), out=grads.weight_ih)  # (4H, D)
+    np.matmul(dgates_2d.T, cache.hs[:-1].reshape(steps * batch, -1), out=grads.weight_hh)
     np.sum(dgates_2d, axis=0, out=grads.bias_ih)  # (4H,)
     grads.bias_hh[...] = grads.bias_ih
-    dx = (dgates_2d @ weights.weight_ih).reshape(steps, batch, features)  # (T, B, D)
-    return dx, (dh, dc), grads
+    dx = (dgates_2d @ weights.weight_ih).reshape(steps, batch, -1)  # (T, B, D)
+    return dx, grads

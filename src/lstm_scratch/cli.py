@@ -44,6 +44,12 @@ def _train_arguments(p):
     g.add_argument("--init", choices=["pytorch", "xavier"], default=S)
     g.add_argument("--forget-bias", type=float, default=S)
     g.add_argument("--dtype", choices=["float32", "float64"], default=S)
+    g.add_argument(
+        "--backend",
+        choices=["auto", "numpy", "numba"],
+        default=S,
+        help="numba: compiled time loops (the default when installed); numpy: reference",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=S)
     g.add_argument("--seq-len", type=int, default=S, help="BPTT window")

@@ -10,7 +10,7 @@ from .errors import CheckpointError
 from .model import CharLM, ModelConfig
 
 
-def load_model(path: str | Path) -> tuple[CharLM, Vocab, dict]:
+def load_model(path: str | Path, backend: str = "auto") -> tuple[CharLM, Vocab, dict]:
     """A checkpoint folder (or its model.safetensors) -> (model, vocab, metadata)."""
     weights, meta = checkpoint.load_checkpoint(path)
     try:
@@ -20,7 +20,7 @@ def load_model(path: str | Path) -> tuple[CharLM, Vocab, dict]:
             raise ValueError(
                 f"the vocabulary has {len(vocab)} characters, the model {config.vocab_size}"
             )
-        model = CharLM(config)
+        model = CharLM(config, backend=backend)
         model.params.load_state_dict(weights)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(

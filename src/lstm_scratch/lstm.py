@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import backend as backends
 from . import init
-from .cell import LayerCache, LayerWeights, lstm_backward, lstm_forward
+from .cell import LayerCache, LayerWeights
 from .ops import dropout_mask
 from .params import FlatParams
 
@@ -23,12 +24,13 @@ class StackCache(NamedTuple):
     masks: tuple[np.ndarray | None, ...]  # dropout mask on layer k's input, (T, B, H) or None
 
 
-def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None):
+def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None, backend="auto"):
     """x (T, B, D), h0 and c0 (L, B, H), masks: per layer a (T, B, H) dropout mask or None.
 
     Returns y (T, B, H) of the last layer, (h_n, c_n) each (L, B, H), and the cache.
     """
     masks = masks or (None,) * len(layers)
+    lstm_forward = backends.layer_functions(backend, x.shape[1], h0.shape[2]).lstm_forward
     h_n, c_n = np.empty_like(h0), np.empty_like(c0)  # (L, B, H)
     caches = []
     inputs = x
@@ -40,12 +42,15 @@ def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None):
     return inputs, (h_n, c_n), StackCache(tuple(caches), tuple(masks))
 
 
-def stacked_lstm_backward(dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads):
+def stacked_lstm_backward(
+    dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads, backend="auto"
+):
     """dy (T, B, H); dh_n, dc_n (L, B, H) or None; grads: per layer LayerWeights to write into.
 
     Returns dx (T, B, D) and (dh_0, dc_0) each (L, B, H).
     """
     num_layers = len(layers)
+    lstm_backward = backends.layer_functions(backend, dy.shape[1], dy.shape[2]).lstm_backward
     dh_0 = np.empty((num_layers, *dy.shape[1:]), dtype=dy.dtype)  # (L, B, H)
     dc_0 = np.empty_like(dh_0)  # (L, B, H)
     for k in reversed(range(num_layers)):
@@ -127,6 +132,7 @@ class LSTM:
         *,
         init="pytorch",
         forget_bias=None,
+        backend="auto",
     ):
         for name, value in (
             ("input_size", input_size),
@@ -145,6 +151,8 @@ class LSTM:
         self.rng = np.random.default_rng(seed)
         initialise_lstm(self.layers, self.rng, init, forget_bias)
         self.training = True
+        backends.resolve(backend)  # fail early on a bad name
+        self.backend = backend
 
     def train(self, mode: bool = True) -> LSTM:
         """Dropout on (the default)."""
@@ -184,7 +192,7 @@ class LSTM:
                 masks[k] = dropout_mask(
                     rng, (*x.shape[:2], self.hidden_size), self.dropout, self.dtype
                 )
-        return stacked_lstm_forward(x, self.layers, h0, c0, masks)
+        return stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
 
     def backward(self, dy, cache: StackCache, dstate=None):
         """dy (T, B, H); dstate (dh_n, dc_n) each (L, B, H) or None.
@@ -195,6 +203,6 @@ class LSTM:
         grads = self.params.zeros_like()
         dh_n, dc_n = (None, None) if dstate is None else dstate
         dx, dstate_0 = stacked_lstm_backward(
-            dy, cache, self.layers, dh_n, dc_n, layer_views(grads, self.num_layers)
+            dy, cache, self.layers, dh_n, dc_n, layer_views(grads, self.num_layers), self.backend
         )
         return dx, dstate_0, grads.arrays

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import backend as backends
 from . import init, ops
 from .lstm import (
     StackCache,
@@ -53,8 +54,10 @@ class CharLM:
     >>> loss, grads, state = model.loss_and_grads(ids, ids)   # grads: a FlatParams
     """
 
-    def __init__(self, config: ModelConfig, seed: int = 0):
+    def __init__(self, config: ModelConfig, seed: int = 0, backend: str = "auto"):
         self.config = config
+        backends.resolve(backend)  # fail early on a bad name
+        self.backend = backend  # how the LSTM layers run, never what they compute
         self.dtype = np.dtype(config.dtype)
         V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
         shapes = {"embedding.weight": (V, E)} if E else {}
@@ -102,7 +105,8 @@ class CharLM:
                 masks[k] = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
             top_mask = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
         h0, c0 = self.zero_state(batch) if state is None else state
-        y, state, lstm_cache = stacked_lstm_forward(self._embed(ids), self.layers, h0, c0, masks)
+        x = self._embed(ids)  # (T, B, E)
+        y, state, lstm_cache = stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
         if top_mask is not None:
             y = y * top_mask  # (T, B, H)
         logits, decoder_cache = ops.linear_forward(
@@ -127,7 +131,9 @@ class CharLM:
         if cache.top_mask is not None:
             dy *= cache.top_mask
         grad_layers = layer_views(grads, self.config.num_layers, prefix="lstm.")
-        dx, _ = stacked_lstm_backward(dy, cache.lstm, self.layers, None, None, grad_layers)
+        dx, _ = stacked_lstm_backward(
+            dy, cache.lstm, self.layers, None, None, grad_layers, self.backend
+        )
         if self.config.embed_size:  # dx (T, B, E) scatters into the embedding rows
             embed = ops.EmbeddingCache(inputs)
             grads["embedding.weight"][...] = ops.embedding_backward(

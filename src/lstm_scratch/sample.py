@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 from .model import CharLM
@@ -57,13 +58,14 @@ def sample(
     """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each."""
     validate_sampling(length, temperature, top_k, top_p)
     rng = np.random.default_rng(seed)
-    logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
-    out = []
-    for _ in range(length):
-        probs = next_char_distribution(logits[-1, 0], temperature, top_k, top_p)
-        next_id = int(rng.choice(probs.size, p=probs))
-        out.append(next_id)
-        if on_id is not None:
-            on_id(next_id)
-        logits, state, _ = model.forward(np.array([[next_id]]), state)  # (1, 1, V)
+    with threadpool_limits(1, user_api="blas"):  # one character at a time: tiny GEMMs
+        logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
+        out = []
+        for _ in range(length):
+            probs = next_char_distribution(logits[-1, 0], temperature, top_k, top_p)
+            next_id = int(rng.choice(probs.size, p=probs))
+            out.append(next_id)
+            if on_id is not None:
+                on_id(next_id)
+            logits, state, _ = model.forward(np.array([[next_id]]), state)  # (1, 1, V)
     return out

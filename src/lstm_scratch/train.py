@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from . import backend as backends
 from . import checkpoint
 from .batches import ChunkedText, fit_batch
 from .config import RESUME_OVERRIDABLE, TrainConfig, validate
@@ -165,7 +167,7 @@ def train(
         gamma=config.gamma,
     )
     validate_schedule(schedule)
-    model = CharLM(config.model_config(len(vocab)), seed=config.seed)
+    model = CharLM(config.model_config(len(vocab)), seed=config.seed, backend=config.backend)
     optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
     state = model.zero_state(batch_size)
@@ -206,7 +208,13 @@ def train(
         _save(out, model, vocab, config, optimizer, step, rng, state, progress, result.metrics)
 
     bar = tqdm(total=total_steps, initial=step, disable=quiet, unit="step", dynamic_ncols=True)
-    with _Stop() as stop, bar, open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics_file:
+    threads = backends.blas_threads(batch_size, config.hidden_size)
+    with (
+        threadpool_limits(threads, user_api="blas"),
+        _Stop() as stop,
+        bar,
+        open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics_file,
+    ):
         while step < total_steps:
             chunk = step % chunks.num_chunks
             if chunk == 0:  # a new epoch starts from a zero state

@@ -1,0 +1,61 @@
+"""The numba backend (compiled time loops) against the NumPy reference, and the backend choice."""
+
+import numpy as np
+import pytest
+
+from gradcheck import rel_error
+from lstm_scratch import LSTM, backend
+from lstm_scratch.model import CharLM, ModelConfig
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-12), (np.float32, 1e-4)])
+@pytest.mark.parametrize(
+    ("T", "B", "D", "H", "L"), [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3)]
+)
+def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance):
+    rng = np.random.default_rng(T + B + H)
+    reference = LSTM(D, H, L, dtype=dtype, backend="numpy")
+    reference.load_state_dict(
+        {k: rng.normal(0, 0.7, v.shape) for k, v in reference.state_dict().items()}
+    )
+    fast = LSTM(D, H, L, dtype=dtype, backend="numba")
+    fast.load_state_dict(reference.state_dict())
+    x = rng.normal(size=(T, B, D)).astype(dtype)
+    state = tuple(rng.normal(0, 2, (L, B, H)).astype(dtype) for _ in range(2))
+    dy = rng.normal(size=(T, B, H)).astype(dtype)
+    dstate = tuple(rng.normal(size=(L, B, H)).astype(dtype) for _ in range(2))
+    results = []
+    for lstm in (reference, fast):
+        y, (h_n, c_n), cache = lstm.forward(x, state)
+        dx, (dh_0, dc_0), grads = lstm.backward(dy, cache, dstate)
+        results.append(
+            {"y": y, "h_n": h_n, "c_n": c_n, "dx": dx, "dh_0": dh_0, "dc_0": dc_0, **grads}
+        )
+    for name, value in results[1].items():
+        assert value.dtype == dtype, name
+        assert rel_error(value, results[0][name]) < tolerance, name
+
+
+def test_char_model_same_loss_and_gradients_on_both_backends():
+    config = ModelConfig(
+        vocab_size=11, hidden_size=12, num_layers=2, embed_size=5, dropout=0.2, dtype="float64"
+    )
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 11, (8, 3)), rng.integers(0, 11, (8, 3))
+    out = []
+    for name in ("numpy", "numba"):
+        model = CharLM(config, seed=4, backend=name)
+        loss, grads, (h, c) = model.loss_and_grads(ids, targets, rng=np.random.default_rng(9))
+        out.append((loss, grads.flat, h, c))
+    assert abs(out[0][0] - out[1][0]) < 1e-12 * out[0][0]
+    for a, b in zip(out[0][1:], out[1][1:], strict=True):
+        assert rel_error(b, a) < 1e-12
+
+
+def test_auto_picks_by_step_size():
+    assert backend.resolve("auto", batch=1, hidden=25) == "numba"
+    assert backend.resolve("auto", batch=64, hidden=256) == "numpy"
+    assert backend.resolve("numpy", batch=1, hidden=25) == "numpy"
+    assert backend.blas_threads(1, 25) == 1 and backend.blas_threads(64, 256) is None
+    with pytest.raises(ValueError, match="unknown backend"):
+        backend.resolve("cupy")
