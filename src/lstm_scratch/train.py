@@ -101,14 +101,19 @@ def default_out(config: TrainConfig) -> Path:
     return out
 
 
-def _save(out, model, vocab, config, optimizer, step, rng, state, progress: dict, metrics):
-    meta = {
+def _model_meta(model, vocab, config, step, metrics) -> dict:
+    """What a model file says about itself: enough to rebuild, sample, evaluate or resume."""
+    return {
         "model": dataclasses.asdict(model.config),
         "vocab": vocab.to_json(),
         "step": step,
         "metrics": metrics,
         "train_config": dataclasses.asdict(config),
     }
+
+
+def _save(out, model, vocab, config, optimizer, step, rng, state, progress: dict, metrics):
+    meta = _model_meta(model, vocab, config, step, metrics)
     tensors = {f"optimizer.{k}": v for k, v in optimizer.state_tensors().items()}
     tensors.update({"state.h": state[0], "state.c": state[1]})
     train_meta = {
@@ -201,7 +206,8 @@ def train(
     result = TrainResult(model, vocab, out, step, metrics, notes=notes, config=config)
     checkpoint_every = config.checkpoint_every or config.eval_every
     chars_per_step = batch_size * seq_len
-    started, first_step = time.perf_counter() - progress["elapsed"], step
+    this_call, first_step = time.perf_counter(), step
+    started = this_call - progress["elapsed"]  # elapsed time counts earlier calls of a resumed run
 
     def save():
         progress["elapsed"] = time.perf_counter() - started
@@ -240,7 +246,7 @@ def train(
             optimizer.step(model.params.flat, grads.flat, lr)
             step += 1
             elapsed = time.perf_counter() - started
-            speed = (step - first_step) * chars_per_step / max(elapsed - progress["elapsed"], 1e-9)
+            speed = (step - first_step) * chars_per_step / (time.perf_counter() - this_call)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss / (inputs.size if config.loss_reduction == 'sum' else 1):.4f}",
@@ -265,16 +271,8 @@ def train(
                 if best is None or scores["loss"] < best:
                     progress["best_val"], progress["bad_evals"] = scores["loss"], 0
                     save()
-                    checkpoint.save_checkpoint(
-                        out / "best",
-                        model.params.state_dict(),
-                        {
-                            "model": dataclasses.asdict(model.config),
-                            "vocab": vocab.to_json(),
-                            "step": step,
-                            "metrics": result.metrics,
-                        },
-                    )
+                    model_meta = _model_meta(model, vocab, config, step, result.metrics)
+                    checkpoint.save_checkpoint(out / "best", model.params.state_dict(), model_meta)
                 else:
                     progress["bad_evals"] += 1
             if step % checkpoint_every == 0 or step == total_steps:
