@@ -205,13 +205,16 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(model, vocab, out, step, metrics, notes=notes, config=config)
     checkpoint_every = config.checkpoint_every or config.eval_every
-    chars_per_step = batch_size * seq_len
-    this_call, first_step = time.perf_counter(), step
+    this_call, first_step, chars_seen = time.perf_counter(), step, 0
     started = this_call - progress["elapsed"]  # elapsed time counts earlier calls of a resumed run
+    saved_step = step
 
-    def save():
-        progress["elapsed"] = time.perf_counter() - started
-        _save(out, model, vocab, config, optimizer, step, rng, state, progress, result.metrics)
+    def save():  # at most once per step
+        nonlocal saved_step
+        if saved_step != step:
+            progress["elapsed"] = time.perf_counter() - started
+            _save(out, model, vocab, config, optimizer, step, rng, state, progress, result.metrics)
+            saved_step = step
 
     bar = tqdm(total=total_steps, initial=step, disable=quiet, unit="step", dynamic_ncols=True)
     threads = backends.blas_threads(batch_size, config.hidden_size)
@@ -245,8 +248,9 @@ def train(
             lr = lr_at(step, config.lr, schedule)
             optimizer.step(model.params.flat, grads.flat, lr)
             step += 1
+            chars_seen += inputs.size
             elapsed = time.perf_counter() - started
-            speed = (step - first_step) * chars_per_step / (time.perf_counter() - this_call)
+            speed = chars_seen / (time.perf_counter() - this_call)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss / (inputs.size if config.loss_reduction == 'sum' else 1):.4f}",
