@@ -71,8 +71,14 @@ class LinearCache(NamedTuple):
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
-    """y = x Wᵀ + b with weight (V, H), bias (V,) as torch.nn.Linear. x (..., H) -> y (..., V)."""
-    return x @ weight.T + bias, LinearCache(x)
+    """y = x Wᵀ + b with weight (V, H), bias (V,) as torch.nn.Linear. x (..., H) -> y (..., V).
+
+    Leading axes are flattened first: one (N, H) @ (H, V) GEMM, not one small GEMM per time step.
+    """
+    num_out, num_in = weight.shape
+    y = x.reshape(-1, num_in) @ weight.T  # (N, V)
+    y += bias
+    return y.reshape(*x.shape[:-1], num_out), LinearCache(x)
 
 
 def linear_backward(dout: np.ndarray, cache: LinearCache, weight: np.ndarray):
@@ -81,7 +87,7 @@ def linear_backward(dout: np.ndarray, cache: LinearCache, weight: np.ndarray):
     dout_2d = dout.reshape(-1, num_out)  # (N, V)
     dweight = dout_2d.T @ cache.x.reshape(-1, num_in)  # (V, H)
     dbias = dout_2d.sum(axis=0)  # (V,)
-    dx = dout @ weight  # (..., H)
+    dx = (dout_2d @ weight).reshape(cache.x.shape)  # (..., H)
     return dx, dweight, dbias
 
 
