@@ -269,3 +269,27 @@ def test_failed_write_during_write(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ckpt.os, "fdopen", real_fdopen)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_failed_second_write_keeps_the_previous_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model file fails after the training state was written: neither may replace its
+    predecessor, or the folder would hold a pair that cannot be resumed."""
+    state = {"m": np.zeros(3, dtype=np.float32)}
+    save_checkpoint(tmp_path, weights(np.float32), {"step": 1}, state, {"step": 1})
+    real_fsync, calls = ckpt.os.fsync, []
+
+    def second_fsync_fails(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(ckpt.os, "fsync", second_fsync_fails)
+    with pytest.raises(CheckpointError, match=MODEL_FILE):
+        save_checkpoint(tmp_path, weights(np.float64), {"step": 2}, state, {"step": 2})
+    monkeypatch.setattr(ckpt.os, "fsync", real_fsync)
+    assert load_checkpoint(tmp_path)[1]["step"] == 1
+    assert load_train_state(tmp_path)[1]["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MODEL_FILE, TRAIN_STATE_FILE])

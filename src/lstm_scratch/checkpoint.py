@@ -37,30 +37,38 @@ _PARSE_ERRORS = (SafetensorError, ValueError, TypeError, KeyError, OverflowError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file.
+    """Write ``data`` to ``path`` so that readers see either the old or the new file."""
+    atomic_write_files({Path(path): data})
 
-    The bytes go to a temporary file in the same folder, which is flushed, fsync'ed and
-    renamed over ``path``; then the folder is fsync'ed. On failure the temporary file is
-    removed, any previous file is left untouched and :class:`CheckpointError` is raised.
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Replace several files, each atomically, and none unless all could be written.
+
+    Every file's bytes go to a temporary file in its folder, flushed and fsync'ed; only when all
+    are written are they renamed over their targets (in the given order) and the folders
+    fsync'ed. A failed write (a full disk, say) leaves every previous file untouched, removes the
+    temporary files and raises :class:`CheckpointError`.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    pending = False  # True while the temporary file exists and is ours to remove
+    staged: dict[Path, Path] = {}  # target -> temporary file not yet renamed
+    path = next(iter(files))
     try:
-        fd = os.open(tmp, flags, 0o666)  # the usual umask applies (mkstemp would force 0600)
-        pending = True
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        pending = False
-        _fsync_dir(path.parent)
+        for path, data in files.items():
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(tmp, flags, 0o666)  # the usual umask applies (mkstemp would force 0600)
+            staged[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path in files:  # the loop variable names the file in an error message
+            os.replace(staged.pop(path), path)
+        for folder in {path.parent for path in files}:
+            _fsync_dir(folder)
     except OSError as err:
         raise CheckpointError(f"could not write {path}: {err.strerror or err}") from None
     finally:
-        if pending:
+        for tmp in staged.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
@@ -114,8 +122,9 @@ def save_checkpoint(
 ) -> None:
     """Save weights (and optionally training state) into ``folder``, creating it.
 
-    The training-state file is written first and the model file last, both atomically,
-    sharing one fresh ``generation`` token so a mixed pair can be detected on load.
+    Both files are written in full before either replaces its predecessor (so a failed write
+    keeps the previous pair), and share one fresh ``generation`` token so that a mixed pair,
+    left by a kill between the two renames, is detected on load.
     """
     folder = Path(folder)
     try:
@@ -124,14 +133,14 @@ def save_checkpoint(
         raise CheckpointError(f"could not create {folder}: {err.strerror or err}") from None
     generation = secrets.token_hex(16)
     model_path = folder / MODEL_FILE
-    model_bytes = _encode_file(weights, meta, "model", generation, model_path)
+    files = {}
     if train_tensors is not None or train_meta is not None:
         state_path = folder / TRAIN_STATE_FILE
-        state_bytes = _encode_file(
+        files[state_path] = _encode_file(
             train_tensors or {}, train_meta or {}, "train_state", generation, state_path
         )
-        atomic_write_bytes(state_path, state_bytes)
-    atomic_write_bytes(model_path, model_bytes)
+    files[model_path] = _encode_file(weights, meta, "model", generation, model_path)
+    atomic_write_files(files)
 
 
 def _check_header_length(path: Path) -> None:
