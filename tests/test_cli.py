@@ -199,6 +199,8 @@ def test_short_text_adapts_and_says_so(capsys, tmp_path):
         ("version", ["sample", "{tmp}/f"], ["format version 2"]),
         ("foreign", ["eval", "{tmp}/f", "--data", "{tmp}/f"], ["not an lstm-scratch"]),
         (None, ["train", "--resume", "{tmp}"], ["model.safetensors"]),
+        (None, ["train", "--epochs", "inf"], ["--epochs", "finite"]),
+        (None, ["train", "--lr", "nan"], ["--lr"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, setup, args, fragments):
@@ -232,6 +234,22 @@ def test_checkpoint_errors_keep_the_checkpoint(capsys, tmp_path, text_file):
     assert_one_line_error(code, err, "'X'", "'Y'", "'Z'")
     code, _, err = run(capsys, "sample", run_dir, "--top-p", "0")
     assert_one_line_error(code, err, "--top-p")
+    for temperature in ("nan", "inf"):
+        code, _, err = run(capsys, "sample", run_dir, "--temperature", temperature)
+        assert_one_line_error(code, err, "--temperature")
+    code, out, _ = run(capsys, "sample", run_dir, "--prime", "to", "--temperature", "1e-320")
+    assert code == 0 and len(out.strip()) == 2 + 500  # tiny but valid: effectively greedy
+    for option in ("--seq-len", "--batch-size"):
+        code, _, err = run(capsys, "eval", run_dir, "--data", text_file, option, "0")
+        assert_one_line_error(code, err, "must be >= 1")
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--preset", "hamlet")
+    assert_one_line_error(code, err, "--preset", "cannot change")
+    other = tmp_path / "other"
+    assert run(capsys, "train", "--data", text_file, "--steps", 2, "--out", other, *SMALL)[0] == 0
+    other_before = (other / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--out", other, "--steps", 6)
+    assert_one_line_error(code, err, "already holds a checkpoint")
+    assert (other / "model.safetensors").read_bytes() == other_before
     assert (run_dir / "model.safetensors").read_bytes() == before
 
 

@@ -48,7 +48,7 @@ def _train_arguments(p):
         "--backend",
         choices=["auto", "numpy", "numba"],
         default=S,
-        help="numba: compiled time loops (the default when installed); numpy: reference",
+        help="numba: compiled time loops; numpy: the reference; auto (default): by model size",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=S)
@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
     options = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "out", "resume", "stop_after", "quiet", "preset")
+        if k not in ("command", "out", "resume", "stop_after", "quiet")
     }
     if args.resume:
         result = train(
@@ -116,17 +116,17 @@ def cmd_train(args) -> int:
             stop_after=args.stop_after,
         )
     else:
-        preset = getattr(args, "preset", None) or ("hamlet" if "data" not in options else None)
+        preset = options.pop("preset", None) or ("hamlet" if "data" not in options else None)
         config = make_config(preset, **options)
         result = train(config, out=args.out, quiet=args.quiet, stop_after=args.stop_after)
     m = result.metrics
     if m:
         print(
-            f"step {result.step}: val loss {m['val_loss']:.4f} nats/char, "
+            f"step {m['step']}: val loss {m['val_loss']:.4f} nats/char, "
             f"{m['val_bpc']:.4f} bits/char, perplexity {m['val_perplexity']:.3f}, "
             f"accuracy {m['val_accuracy']:.2%} ({result.stopped_by})"
         )
-    print(f"checkpoint: {result.out}")
+    print(f"checkpoint: {result.out} (step {result.step})")
     if result.stopped_by in EXIT_CODES:
         return EXIT_CODES[result.stopped_by]
     if result.config.data is None:  # the built-in passage: report as the notebook did

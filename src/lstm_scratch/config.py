@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -133,8 +134,10 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     for name in ("lr", "epochs", "time_limit", "grad_clip", "clip_value"):
         value = getattr(config, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be positive and finite, got {value}"
+            )
     if config.embed_size < 0 or config.warmup_steps < 0 or config.weight_decay < 0:
         raise ConfigError("--embed-size, --warmup-steps and --weight-decay must be >= 0")
     if not 0 <= config.dropout < 1:

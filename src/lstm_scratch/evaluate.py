@@ -8,6 +8,7 @@ import numpy as np
 
 from . import ops
 from .batches import ChunkedText, fit_batch
+from .errors import ConfigError
 from .model import CharLM
 
 
@@ -18,6 +19,10 @@ def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int 
     has context (a short text is one row); at most batch_size - 1 trailing characters are left out.
     Returns loss (nats/char), bpc, perplexity, accuracy (argmax) and the number of chars scored.
     """
+    if batch_size < 1 or seq_len < 1:
+        raise ConfigError(
+            f"batch size and sequence length must be >= 1, got {batch_size}, {seq_len}"
+        )
     batch_size = max(1, min(batch_size, len(ids) // (4 * seq_len)))
     batch_size, seq_len, _ = fit_batch(len(ids), batch_size, seq_len)
     text = ChunkedText(ids, batch_size, seq_len)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +22,8 @@ def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.nd
     if temperature == 0:
         probs[np.argmax(logits)] = 1.0
         return probs
-    scaled = logits / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature sends all but the top to -inf: fine
+        scaled = (logits - logits.max()) / temperature  # (V,) shifted: the maximum stays 0
     if 0 < top_k < scaled.size:
         scaled[scaled < np.sort(scaled)[-top_k]] = -np.inf
     probs = np.exp(scaled - scaled.max())
@@ -37,8 +39,8 @@ def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.nd
 def validate_sampling(length=1, temperature=1.0, top_k=0, top_p=1.0) -> None:
     if length < 0:
         raise ConfigError(f"--length must be >= 0, got {length}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise ConfigError(f"--temperature must be >= 0 and finite, got {temperature}")
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, got {top_k}")
     if not 0 < top_p <= 1:

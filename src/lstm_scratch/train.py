@@ -192,14 +192,18 @@ def train(
         state = (train_tensors["state.h"], train_tensors["state.c"])
         step, metrics = train_meta["step"], meta.get("metrics") or {}
         progress = {k: train_meta[k] for k in progress}
-        out = Path(out) if out is not None else Path(resume)
+        run_dir = Path(resume).parent if Path(resume).is_file() else Path(resume)
+        out = Path(out) if out is not None else run_dir
     else:
+        run_dir = None
         out = Path(out) if out is not None else default_out(config)
-        if (out / "model.safetensors").exists():
-            raise ConfigError(
-                f"{out} already holds a checkpoint: continue it with --resume {out}, "
-                "or choose another --out"
-            )
+    if (out / "model.safetensors").exists() and (
+        run_dir is None or out.resolve() != run_dir.resolve()
+    ):
+        raise ConfigError(
+            f"{out} already holds a checkpoint: continue it with --resume {out}, "
+            "or choose another --out"
+        )
     for line in notes:
         log(line)
     out.mkdir(parents=True, exist_ok=True)
