@@ -143,6 +143,54 @@ def test_resume_gives_the_same_weights_bit_for_bit(capsys, tmp_path, text_file):
         assert np.array_equal(whole[name], parts[name]), name
 
 
+def test_resume_with_more_steps_keeps_the_schedule(capsys, tmp_path, text_file):
+    """Extending --steps on resume holds the schedule's final rate; it does not stretch it."""
+    run_dir = tmp_path / "run"
+    options = ["--schedule", "cosine", "--warmup-steps", 2, "--lr", 0.01, "--min-lr-ratio", 0.1]
+    run(
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        10,
+        "--eval-every",
+        5,
+        "--out",
+        run_dir,
+        *options,
+        *SMALL,
+    )
+    assert run(capsys, "train", "--resume", run_dir, "--steps", 20, "--quiet")[0] == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [5, 10, 15, 20]
+    assert lines[1]["lr"] > 0.001
+    assert lines[2]["lr"] == lines[3]["lr"] == pytest.approx(0.001)
+
+
+def test_time_limit_stops_and_counts_per_call(capsys, tmp_path, text_file):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        10**6,
+        "--eval-every",
+        5,
+        "--time-limit",
+        0.005,
+        "--out",
+        run_dir,
+        *SMALL,
+    )
+    assert code == 0 and "(time-limit)" in out
+    step = checkpoint.load_train_state(run_dir)[1]["step"]
+    assert run(capsys, "train", "--resume", run_dir, "--stop-after", 5, "--quiet")[0] == 0
+    assert checkpoint.load_train_state(run_dir)[1]["step"] == step + 5
+
+
 def test_same_seed_same_numbers(capsys, tmp_path, text_file):
     options = [
         "train",

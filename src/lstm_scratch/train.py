@@ -163,20 +163,14 @@ def train(
         weight_decay=config.weight_decay,
         momentum=config.momentum,
     )
-    schedule = ScheduleConfig(
-        kind=config.schedule,
-        warmup_steps=config.warmup_steps,
-        total_steps=total_steps,
-        min_lr_ratio=config.min_lr_ratio,
-        step_size=config.step_size,
-        gamma=config.gamma,
-    )
-    validate_schedule(schedule)
     model = CharLM(config.model_config(len(vocab)), seed=config.seed, backend=config.backend)
     optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
     state = model.zero_state(batch_size)
-    step, progress, metrics = 0, {"best_val": None, "bad_evals": 0, "elapsed": 0.0}, {}
+    # the schedule's length stays that of the run as first planned: a resume that extends
+    # --steps continues at the schedule's final rate instead of stretching it out again
+    progress = {"best_val": None, "bad_evals": 0, "elapsed": 0.0, "schedule_steps": total_steps}
+    step, metrics = 0, {}
 
     if resume is not None:
         model.params.load_state_dict(weights)
@@ -191,7 +185,7 @@ def train(
         rng.bit_generator.state = train_meta["rng"]
         state = (train_tensors["state.h"], train_tensors["state.c"])
         step, metrics = train_meta["step"], meta.get("metrics") or {}
-        progress = {k: train_meta[k] for k in progress}
+        progress = {k: train_meta.get(k, v) for k, v in progress.items()}
         run_dir = Path(resume).parent if Path(resume).is_file() else Path(resume)
         out = Path(out) if out is not None else run_dir
     else:
@@ -204,6 +198,15 @@ def train(
             f"{out} already holds a checkpoint: continue it with --resume {out}, "
             "or choose another --out"
         )
+    schedule = ScheduleConfig(
+        kind=config.schedule,
+        warmup_steps=config.warmup_steps,
+        total_steps=progress["schedule_steps"],
+        min_lr_ratio=config.min_lr_ratio,
+        step_size=config.step_size,
+        gamma=config.gamma,
+    )
+    validate_schedule(schedule)
     for line in notes:
         log(line)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,22 +256,24 @@ def train(
             optimizer.step(model.params.flat, grads.flat, lr)
             step += 1
             chars_seen += inputs.size
+            loss_per_char = loss / inputs.size if config.loss_reduction == "sum" else loss
             elapsed = time.perf_counter() - started
             speed = chars_seen / (time.perf_counter() - this_call)
             bar.update(1)
             bar.set_postfix(
-                loss=f"{loss / (inputs.size if config.loss_reduction == 'sum' else 1):.4f}",
+                loss=f"{loss_per_char:.4f}",
                 val=f"{result.metrics.get('val_loss', float('nan')):.4f}",
                 chars_s=f"{speed:,.0f}",
                 refresh=False,
             )
-            if step % config.eval_every == 0 or step == total_steps:
+            evaluated = step % config.eval_every == 0 or step == total_steps
+            if evaluated:
                 scores = evaluate(model, val_ids, batch_size, max(seq_len, 64))
                 result.metrics = {
                     "step": step,
                     "epoch": step / chunks.num_chunks,
                     "lr": lr,
-                    "train_loss": loss,
+                    "train_loss": loss_per_char,
                     "elapsed": elapsed,
                     "chars_per_s": speed,
                     **{f"val_{k}": v for k, v in scores.items()},
@@ -285,7 +290,10 @@ def train(
                     progress["bad_evals"] += 1
             if step % checkpoint_every == 0 or step == total_steps:
                 save()
-            reason = _stop_reason(config, progress, stop, elapsed, step - first_step, stop_after)
+            this_call_s = time.perf_counter() - this_call
+            reason = _stop_reason(
+                config, progress, stop, evaluated, this_call_s, step - first_step, stop_after
+            )
             if reason:
                 result.stopped_by = reason
                 save()
@@ -294,12 +302,14 @@ def train(
     return result
 
 
-def _stop_reason(config, progress, stop, elapsed, steps_run, stop_after) -> str | None:
+def _stop_reason(config, progress, stop, evaluated, seconds, steps_run, stop_after) -> str | None:
+    """Why to stop after this step, if at all. The time limit and ``stop_after`` count this call
+    only, and patience is judged right after an evaluation, so a resumed run gets its own."""
     if stop.signal_name:
         return stop.signal_name
-    if config.patience is not None and progress["bad_evals"] >= config.patience:
+    if evaluated and config.patience is not None and progress["bad_evals"] >= config.patience:
         return "early-stopping"
-    if config.time_limit is not None and elapsed >= config.time_limit * 60:
+    if config.time_limit is not None and seconds >= config.time_limit * 60:
         return "time-limit"
     if stop_after is not None and steps_run >= stop_after:
         return "stop-after"
