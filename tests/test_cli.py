@@ -181,11 +181,15 @@ def test_time_limit_stops_and_counts_per_call(capsys, tmp_path, text_file):
         5,
         "--time-limit",
         0.005,
+        "--loss-reduction",
+        "sum",
         "--out",
         run_dir,
         *SMALL,
     )
     assert code == 0 and "(time-limit)" in out
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] < 2 * first["val_loss"]  # per character like val_loss, not a sum
     step = checkpoint.load_train_state(run_dir)[1]["step"]
     assert run(capsys, "train", "--resume", run_dir, "--stop-after", 5, "--quiet")[0] == 0
     assert checkpoint.load_train_state(run_dir)[1]["step"] == step + 5
