@@ -46,6 +46,11 @@ def run(capsys, *args):
     return code, out, err
 
 
+def metrics(folder):
+    """The evaluations a run wrote to its metrics.jsonl, in order."""
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
@@ -90,7 +95,7 @@ def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
         "metrics.jsonl",
         "best",
     }
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(run_dir)
     assert [m["step"] for m in lines] == [10, 20, 30]
     assert lines[-1]["val_loss"] < lines[0]["val_loss"]
     assert {"val_bpc", "val_perplexity", "val_accuracy", "train_loss", "lr"} <= set(lines[0])
@@ -162,7 +167,7 @@ def test_resume_with_more_steps_keeps_the_schedule(capsys, tmp_path, text_file):
         *SMALL,
     )
     assert run(capsys, "train", "--resume", run_dir, "--steps", 20, "--quiet")[0] == 0
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(run_dir)
     assert [m["step"] for m in lines] == [5, 10, 15, 20]
     assert lines[1]["lr"] > 0.001
     assert lines[2]["lr"] == lines[3]["lr"] == pytest.approx(0.001)
@@ -180,7 +185,7 @@ def test_time_limit_stops_and_counts_per_call(capsys, tmp_path, text_file):
         "--eval-every",
         5,
         "--time-limit",
-        0.005,
+        0.02,
         "--loss-reduction",
         "sum",
         "--out",
@@ -188,11 +193,42 @@ def test_time_limit_stops_and_counts_per_call(capsys, tmp_path, text_file):
         *SMALL,
     )
     assert code == 0 and "(time-limit)" in out
-    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    first = metrics(run_dir)[0]
     assert first["train_loss"] < 2 * first["val_loss"]  # per character like val_loss, not a sum
     step = checkpoint.load_train_state(run_dir)[1]["step"]
     assert run(capsys, "train", "--resume", run_dir, "--stop-after", 5, "--quiet")[0] == 0
     assert checkpoint.load_train_state(run_dir)[1]["step"] == step + 5
+
+
+def test_patience_stops_early_and_best_keeps_the_best(capsys, tmp_path, text_file):
+    run_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        400,
+        "--eval-every",
+        5,
+        "--patience",
+        2,
+        "--lr",
+        0.3,
+        "--grad-clip",
+        1000,
+        "--out",
+        run_dir,
+        *SMALL,
+    )
+    assert code == 0 and "(early-stopping)" in out
+    losses = {m["step"]: m["val_loss"] for m in metrics(run_dir)}
+    steps = sorted(losses)
+    assert steps[-1] < 400
+    best_before = min(losses[s] for s in steps[:-2])
+    assert all(losses[s] >= best_before for s in steps[-2:])
+    best_step = min(steps, key=losses.get)
+    assert checkpoint.load_checkpoint(run_dir / "best")[1]["step"] == best_step
 
 
 def test_same_seed_same_numbers(capsys, tmp_path, text_file):
@@ -214,11 +250,9 @@ def test_same_seed_same_numbers(capsys, tmp_path, text_file):
     a, b, c = (weights(tmp_path / n)["decoder.weight"] for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
-    def losses(name):
-        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line)["val_loss"] for line in lines]
-
-    assert losses("a") == losses("b")
+    assert [m["val_loss"] for m in metrics(tmp_path / "a")] == [
+        m["val_loss"] for m in metrics(tmp_path / "b")
+    ]
 
 
 def test_short_text_adapts_and_says_so(capsys, tmp_path):

@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
             f"{m['val_bpc']:.4f} bits/char, perplexity {m['val_perplexity']:.3f}, "
             f"accuracy {m['val_accuracy']:.2%} ({result.stopped_by})"
         )
-    print(f"checkpoint: {result.out} (step {result.step})")
+    print(f"checkpoint: {result.out} (step {result.step}, {result.stopped_by})")
     if result.stopped_by in EXIT_CODES:
         return EXIT_CODES[result.stopped_by]
     if result.config.data is None:  # the built-in passage: report as the notebook did

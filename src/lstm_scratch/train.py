@@ -266,8 +266,11 @@ def train(
                 chars_s=f"{speed:,.0f}",
                 refresh=False,
             )
-            evaluated = step % config.eval_every == 0 or step == total_steps
-            if evaluated:
+            reason = _stop_reason(
+                config, stop, time.perf_counter() - this_call, step - first_step, stop_after
+            )
+            # evaluate on schedule, at the end, and before a planned stop (not on a signal)
+            if step % config.eval_every == 0 or step == total_steps or reason in PLANNED_STOPS:
                 scores = evaluate(model, val_ids, batch_size, max(seq_len, 64))
                 result.metrics = {
                     "step": step,
@@ -288,12 +291,10 @@ def train(
                     checkpoint.save_checkpoint(out / "best", model.params.state_dict(), model_meta)
                 else:
                     progress["bad_evals"] += 1
+                    if config.patience is not None and progress["bad_evals"] >= config.patience:
+                        reason = reason or "early-stopping"
             if step % checkpoint_every == 0 or step == total_steps:
                 save()
-            this_call_s = time.perf_counter() - this_call
-            reason = _stop_reason(
-                config, progress, stop, evaluated, this_call_s, step - first_step, stop_after
-            )
             if reason:
                 result.stopped_by = reason
                 save()
@@ -302,13 +303,14 @@ def train(
     return result
 
 
-def _stop_reason(config, progress, stop, evaluated, seconds, steps_run, stop_after) -> str | None:
-    """Why to stop after this step, if at all. The time limit and ``stop_after`` count this call
-    only, and patience is judged right after an evaluation, so a resumed run gets its own."""
+PLANNED_STOPS = ("time-limit", "stop-after")
+
+
+def _stop_reason(config, stop, seconds, steps_run, stop_after) -> str | None:
+    """Why to stop after this step, if at all (early stopping is judged at evaluations).
+    The time limit and ``stop_after`` count this call only, so a resumed run gets its own."""
     if stop.signal_name:
         return stop.signal_name
-    if evaluated and config.patience is not None and progress["bad_evals"] >= config.patience:
-        return "early-stopping"
     if config.time_limit is not None and seconds >= config.time_limit * 60:
         return "time-limit"
     if stop_after is not None and steps_run >= stop_after:
