@@ -1,9 +1,10 @@
 """Minibatches for truncated backprop through time, the char-rnn way.
 
-The text's ids are cut into B contiguous rows of N characters. Chunk k takes characters
-[k·T, k·T + T) of every row as inputs and the next character of each as targets, so the LSTM state
-left by chunk k is exactly the state chunk k+1 should start from. The last chunk may be shorter,
-so every character of the rows is used.
+The text's ids are cut into B contiguous rows of N characters, each row starting on the last
+character of the one before, so that every character but the first is a target exactly once
+(up to B − 1 at the very end are left over). Chunk k takes characters [k·T, k·T + T) of every row
+as inputs and the next character of each as targets, so the LSTM state left by chunk k is exactly
+the state chunk k+1 should start from. The last chunk may be shorter.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ class ChunkedText:
     """ids cut into ``batch_size`` rows, read ``seq_len`` characters at a time."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
-        row_len = len(ids) // batch_size
-        if row_len < 2:
+        targets_per_row = (len(ids) - 1) // batch_size
+        if targets_per_row < 1:
             raise ValueError(f"{len(ids)} characters cannot fill {batch_size} rows of 2 or more")
-        self.rows = ids[: batch_size * row_len].reshape(batch_size, row_len)  # (B, N)
+        starts = np.arange(batch_size) * targets_per_row  # (B,) row b starts where b-1 ends
+        self.rows = ids[starts[:, None] + np.arange(targets_per_row + 1)]  # (B, N)
         self.seq_len = seq_len
-        self.num_chunks = math.ceil((row_len - 1) / seq_len)
+        self.num_chunks = math.ceil(targets_per_row / seq_len)
 
     @property
     def batch_size(self) -> int:
@@ -42,8 +44,8 @@ def fit_batch(num_chars: int, batch_size: int, seq_len: int) -> tuple[int, int, 
 
     Returns (batch_size, seq_len, a one-line note saying what changed, or None).
     """
-    new_batch = min(batch_size, max(1, num_chars // 2))
-    new_seq = min(seq_len, num_chars // new_batch - 1)
+    new_batch = min(batch_size, max(1, (num_chars - 1) // 2))  # rows of 2+ targets if possible
+    new_seq = min(seq_len, (num_chars - 1) // new_batch)
     if (new_batch, new_seq) == (batch_size, seq_len):
         return batch_size, seq_len, None
     return (

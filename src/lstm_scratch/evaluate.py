@@ -16,7 +16,7 @@ def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int 
     """Score every prediction in ``ids`` (the state carried across chunks, no dropout).
 
     The ids are cut into rows as in training, but each row at least 4 windows long so the state
-    has context (a short text is one row); at most batch_size - 1 trailing characters are left out.
+    has context (a short text is one row); fewer than batch_size trailing characters are left out.
     Returns loss (nats/char), bpc, perplexity, accuracy (argmax) and the number of chars scored.
     """
     if batch_size < 1 or seq_len < 1:
