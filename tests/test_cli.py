@@ -263,6 +263,11 @@ def test_short_text_adapts_and_says_so(capsys, tmp_path):
     )
     assert code == 0
     assert "too short" in out
+    path.write_text("tiny text!", encoding="utf-8")  # 10 % of it is one character: no split
+    code, out, _ = run(
+        capsys, "train", "--data", path, "--steps", 3, "--quiet", "--out", tmp_path / "run2"
+    )
+    assert code == 0 and "validating on the training text" in out
 
 
 @pytest.mark.parametrize(

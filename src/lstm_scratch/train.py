@@ -25,7 +25,7 @@ from . import checkpoint
 from .batches import ChunkedText, fit_batch
 from .config import RESUME_OVERRIDABLE, TrainConfig, validate
 from .data import HAMLET, Vocab, load_text, split_train_val
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .evaluate import evaluate
 from .model import CharLM
 from .optim import (
@@ -79,15 +79,22 @@ def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
     text = HAMLET if config.data is None else load_text(config.data, config.encoding, config.lower)
     vocab = vocab or Vocab.from_text(text)
     ids = vocab.encode(text)
-    notes = []
-    train_ids, val_ids = split_train_val(ids, config.val_fraction)
-    if config.val_fraction and (len(val_ids) < 2 or len(train_ids) < 2):
-        notes.append(
+    if config.val_fraction == 0:
+        return (
+            vocab,
+            ids,
+            ids,
+            ["no held-out text (--val-fraction 0): val_* metrics are on the training text"],
+        )
+    try:
+        train_ids, val_ids = split_train_val(ids, config.val_fraction)
+    except DataError:
+        note = (
             f"the text ({len(ids)} characters) is too short to hold out "
             f"{config.val_fraction:.0%}: validating on the training text"
         )
-        train_ids, val_ids = ids, ids
-    return vocab, train_ids, (val_ids if len(val_ids) >= 2 else train_ids), notes
+        return vocab, ids, ids, [note]
+    return vocab, train_ids, val_ids, []
 
 
 def default_out(config: TrainConfig) -> Path:
