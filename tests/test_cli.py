@@ -389,3 +389,22 @@ def test_sigint_saves_and_resume_continues(tmp_path, text_file):
     )
     assert result.returncode == 0, result.stderr
     assert checkpoint.load_train_state(run_dir)[1]["step"] == step + 3
+
+
+def test_closed_pipe_is_not_a_traceback(capsys, tmp_path, text_file):
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", "--data", text_file, "--steps", 2, "--out", run_dir, *SMALL)[0] == 0
+    command = [
+        sys.executable,
+        "-m",
+        "lstm_scratch.cli",
+        "sample",
+        str(run_dir),
+        "--length",
+        "100000",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()  # as `| head -c 10` does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and b"Traceback" not in err, err

@@ -6,6 +6,7 @@ Every error caused by input is one line on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -216,6 +217,9 @@ def main(argv=None) -> int:
     except LstmScratchError as error:
         print(f"lstm-scratch {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`lstm-scratch sample ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except KeyboardInterrupt:  # outside training (which saves and stops on its own)
         print(f"lstm-scratch {args.command}: interrupted", file=sys.stderr)
         return 130
