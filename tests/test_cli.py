@@ -344,8 +344,9 @@ def test_checkpoint_errors_keep_the_checkpoint(capsys, tmp_path, text_file):
     assert (run_dir / "model.safetensors").read_bytes() == before
 
 
-def test_sigint_saves_and_resume_continues(tmp_path, text_file):
-    """A real process, a real SIGINT: checkpoint written, exit code 130, resumable."""
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_at_the_step_it_stopped_and_resume_continues(tmp_path, text_file, sig, code):
+    """A real process, a real signal: a checkpoint of the very step it stopped at, then exit."""
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -358,19 +359,24 @@ def test_sigint_saves_and_resume_continues(tmp_path, text_file):
         "100000",
         "--eval-every",
         "5",
+        "--checkpoint-every",
+        "100000",
         "--out",
         str(run_dir),
         *SMALL,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (run_dir / "model.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    time.sleep(0.3)  # well past that save
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    stopped = re.search(rf"\(step (\d+), {sig.name}\)", out)
+    assert stopped, out
     step = checkpoint.load_train_state(run_dir)[1]["step"]
-    assert step >= 5
+    assert step == int(stopped.group(1))
     result = subprocess.run(
         [
             sys.executable,

@@ -67,6 +67,8 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame):
+        if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, even in an evaluation or a save
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
