@@ -1,0 +1,36 @@
+"""The next-character distribution: temperature, top-k and nucleus (top-p) filtering."""
+
+import numpy as np
+import pytest
+
+from lstm_scratch.sample import next_char_distribution
+
+LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3]))  # softmax gives back these probabilities
+
+
+def test_temperature_one_is_the_softmax():
+    assert np.allclose(next_char_distribution(LOGITS), [0.1, 0.4, 0.2, 0.3])
+
+
+def test_temperature_zero_is_greedy_and_low_temperature_sharpens():
+    assert np.array_equal(next_char_distribution(LOGITS, temperature=0), [0, 1, 0, 0])
+    sharp = next_char_distribution(LOGITS, temperature=0.5)
+    assert sharp[1] > 0.4 and np.isclose(sharp.sum(), 1)
+
+
+def test_top_k_keeps_the_k_most_likely():
+    probs = next_char_distribution(LOGITS, top_k=2)
+    assert np.allclose(probs, [0, 0.4 / 0.7, 0, 0.3 / 0.7])
+    assert np.allclose(next_char_distribution(LOGITS, top_k=10), [0.1, 0.4, 0.2, 0.3])
+
+
+@pytest.mark.parametrize(
+    ("top_p", "kept"),
+    [(0.3, [1]), (0.5, [1, 3]), (0.71, [1, 3, 2]), (1.0, [0, 1, 2, 3])],
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
+    probs = next_char_distribution(LOGITS, top_p=top_p)
+    assert set(np.flatnonzero(probs)) == set(kept)
+    assert np.isclose(probs.sum(), 1)
+    expected = np.exp(LOGITS[kept])
+    assert np.allclose(probs[kept], expected / expected.sum())  # renormalised, order kept
