@@ -64,6 +64,11 @@ def stacked_lstm_backward(
     return dy, (dh_0, dc_0)
 
 
+def layer_dropout_masks(rng, num_layers: int, shape, p: float, dtype) -> list:
+    """Inverted-dropout masks (T, B, H) for the inputs of layers 1..L-1 (None for layer 0)."""
+    return [None] + [dropout_mask(rng, shape, p, dtype) for _ in range(1, num_layers)]
+
+
 def lstm_parameter_shapes(input_size: int, hidden_size: int, num_layers: int) -> dict:
     """torch.nn.LSTM's names and shapes.
 
@@ -185,13 +190,12 @@ class LSTM:
         if x.dtype != self.dtype:
             raise ValueError(f"x has dtype {x.dtype} but the LSTM's weights are {self.dtype}")
         h0, c0 = self.zero_state(x.shape[1]) if state is None else state
-        masks = [None] * self.num_layers
+        masks = None
         if self.training and self.dropout > 0:
-            rng = self.rng if rng is None else rng
-            for k in range(1, self.num_layers):
-                masks[k] = dropout_mask(
-                    rng, (*x.shape[:2], self.hidden_size), self.dropout, self.dtype
-                )
+            shape = (*x.shape[:2], self.hidden_size)  # (T, B, H)
+            masks = layer_dropout_masks(
+                self.rng if rng is None else rng, self.num_layers, shape, self.dropout, self.dtype
+            )
         return stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
 
     def backward(self, dy, cache: StackCache, dstate=None):

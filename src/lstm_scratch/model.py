@@ -18,6 +18,7 @@ from . import init, ops
 from .lstm import (
     StackCache,
     initialise_lstm,
+    layer_dropout_masks,
     layer_views,
     lstm_parameter_shapes,
     stacked_lstm_backward,
@@ -39,11 +40,10 @@ class ModelConfig:
 
 
 class CharLMCache(NamedTuple):
-    inputs: np.ndarray  # (T, B) ids
+    embedding: ops.EmbeddingCache | None  # None for one-hot input, which needs no gradient
     lstm: StackCache
     top_mask: np.ndarray | None  # (T, B, H) dropout on the last LSTM output
     decoder_input: ops.LinearCache
-    loss: ops.CrossEntropyCache | None
 
 
 class CharLM:
@@ -85,34 +85,29 @@ class CharLM:
         shape = (self.config.num_layers, batch, self.config.hidden_size)  # (L, B, H)
         return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
 
-    def _embed(self, ids):
-        if self.config.embed_size:
-            return self.params["embedding.weight"][ids]  # (T, B, E)
-        return ops.one_hot(ids, self.config.vocab_size, self.dtype)  # (T, B, V)
-
     def forward(self, ids, state=None, rng: np.random.Generator | None = None):
         """ids (T, B) -> logits (T, B, V), final state (h, c) each (L, B, H), cache.
 
         Dropout is applied when ``rng`` is given (training), never otherwise.
         """
         steps, batch = ids.shape
-        H, p = self.config.hidden_size, self.config.dropout
-        train_dropout = rng is not None and p > 0
-        masks = [None] * self.config.num_layers
-        top_mask = None
-        if train_dropout:
-            for k in range(1, self.config.num_layers):
-                masks[k] = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
-            top_mask = ops.dropout_mask(rng, (steps, batch, H), p, self.dtype)
+        p, masks, top_mask = self.config.dropout, None, None
+        if rng is not None and p > 0:
+            shape = (steps, batch, self.config.hidden_size)  # (T, B, H)
+            masks = layer_dropout_masks(rng, self.config.num_layers, shape, p, self.dtype)
+            top_mask = ops.dropout_mask(rng, shape, p, self.dtype)
         h0, c0 = self.zero_state(batch) if state is None else state
-        x = self._embed(ids)  # (T, B, E)
+        if self.config.embed_size:
+            x, embed_cache = ops.embedding_forward(ids, self.params["embedding.weight"])  # (T,B,E)
+        else:
+            x, embed_cache = ops.one_hot(ids, self.config.vocab_size, self.dtype), None  # (T,B,V)
         y, state, lstm_cache = stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
         if top_mask is not None:
             y = y * top_mask  # (T, B, H)
         logits, decoder_cache = ops.linear_forward(
             y, self.params["decoder.weight"], self.params["decoder.bias"]
         )  # (T, B, V)
-        return logits, state, CharLMCache(ids, lstm_cache, top_mask, decoder_cache, None)
+        return logits, state, CharLMCache(embed_cache, lstm_cache, top_mask, decoder_cache)
 
     def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None):
         """Forward, softmax cross-entropy against ``targets`` (T, B), and backward.
@@ -134,9 +129,8 @@ class CharLM:
         dx, _ = stacked_lstm_backward(
             dy, cache.lstm, self.layers, None, None, grad_layers, self.backend
         )
-        if self.config.embed_size:  # dx (T, B, E) scatters into the embedding rows
-            embed = ops.EmbeddingCache(inputs)
+        if cache.embedding is not None:  # dx (T, B, E) scatters into the embedding rows
             grads["embedding.weight"][...] = ops.embedding_backward(
-                dx, embed, self.config.vocab_size
+                dx, cache.embedding, self.config.vocab_size
             )
         return float(loss), grads, state

@@ -1,0 +1,32 @@
+"""The whole character model (input -> LSTM stack -> head -> loss) against central differences."""
+
+import numpy as np
+import pytest
+
+from gradcheck import numeric_gradient, rel_error
+from lstm_scratch.model import CharLM, ModelConfig
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("embed_size", [0, 4])  # one-hot input, and an embedding
+def test_model_gradients_match_central_differences(embed_size, backend):
+    config = ModelConfig(
+        vocab_size=7,
+        hidden_size=5,
+        num_layers=2,
+        embed_size=embed_size,
+        dropout=0.3,
+        dtype="float64",
+    )
+    model = CharLM(config, seed=1, backend=backend)
+    rng = np.random.default_rng(0)
+    model.params.flat[:] = rng.normal(0, 0.7, model.params.flat.size)
+    ids, targets = rng.integers(0, 7, (6, 3)), rng.integers(0, 7, (6, 3))
+    state = (rng.normal(size=(2, 3, 5)), rng.normal(0, 2, size=(2, 3, 5)))
+
+    def loss():  # the same dropout masks on every call
+        return model.loss_and_grads(ids, targets, state, rng=np.random.default_rng(5))[0]
+
+    _, grads, _ = model.loss_and_grads(ids, targets, state, rng=np.random.default_rng(5))
+    assert rel_error(grads.flat, numeric_gradient(loss, model.params.flat)) < 1e-6
+    assert set(grads.arrays) == set(model.params.arrays)
