@@ -4,15 +4,24 @@ import numpy as np
 import pytest
 
 from gradcheck import rel_error
-from lstm_scratch import LSTM, backend
+from lstm_scratch import LSTM, backend, fused
 from lstm_scratch.model import CharLM, ModelConfig
+
+
+@pytest.fixture(params=["compiled loop", "BLAS per step"])
+def fast_path(request, monkeypatch):
+    """The numba backend compiles the whole time loop for small steps and calls BLAS for each
+    step's GEMM (with compiled gate kernels) for large ones; test both at any size."""
+    small = request.param == "compiled loop"
+    monkeypatch.setattr(fused, "is_small_step", lambda batch, hidden: small)
+    return request.param
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize(
     ("T", "B", "D", "H", "L"), [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3)]
 )
-def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance):
+def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance, fast_path):
     rng = np.random.default_rng(T + B + H)
     reference = LSTM(D, H, L, dtype=dtype, backend="numpy")
     reference.load_state_dict(
@@ -36,7 +45,7 @@ def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance):
         assert rel_error(value, results[0][name]) < tolerance, name
 
 
-def test_char_model_same_loss_and_gradients_on_both_backends():
+def test_char_model_same_loss_and_gradients_on_both_backends(fast_path):
     config = ModelConfig(
         vocab_size=11, hidden_size=12, num_layers=2, embed_size=5, dropout=0.2, dtype="float64"
     )
@@ -52,9 +61,10 @@ def test_char_model_same_loss_and_gradients_on_both_backends():
         assert rel_error(b, a) < 1e-12
 
 
-def test_auto_picks_by_step_size():
+def test_auto_picks_numba_when_installed():
     assert backend.resolve("auto", batch=1, hidden=25) == "numba"
-    assert backend.resolve("auto", batch=64, hidden=256) == "numpy"
+    assert backend.resolve("auto", batch=64, hidden=256) == "numba"
+    assert fused.is_small_step(1, 25) and not fused.is_small_step(64, 256)
     assert backend.resolve("numpy", batch=1, hidden=25) == "numpy"
     assert backend.blas_threads(1, 25) == 1 and backend.blas_threads(64, 256) is None
     with pytest.raises(ValueError, match="unknown backend"):

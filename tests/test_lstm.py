@@ -126,3 +126,29 @@ def test_initialisers():
         LSTM(D, H, seed=1).state_dict()["weight_hh_l0"],
         LSTM(D, H, seed=2).state_dict()["weight_hh_l0"],
     )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_integer_ids_equal_their_one_hot_rows(backend):
+    """ids (T, B) are a gather of W_ih's columns: same outputs and gradients as one-hot floats."""
+    lstm, rng = random_lstm(6, 5, 2, seed=3, backend=backend)
+    ids = rng.integers(0, 6, (7, 3))
+    one_hot = np.eye(6)[ids]  # (T, B, D)
+    state = (rng.normal(0, 2, (2, 3, 5)), rng.normal(0, 2, (2, 3, 5)))
+    dy = rng.normal(size=(7, 3, 5))
+    y, (h, c), cache = lstm.forward(one_hot, state)
+    _, (dh, dc), grads = lstm.backward(dy, cache)
+    y_ids, (h_ids, c_ids), cache_ids = lstm.forward(ids, state)
+    dx_ids, (dh_ids, dc_ids), grads_ids = lstm.backward(dy, cache_ids)
+    assert dx_ids is None
+    for a, b in [(y, y_ids), (h, h_ids), (c, c_ids), (dh, dh_ids), (dc, dc_ids)]:
+        assert rel_error(b, a) < 1e-14
+    for name in grads:
+        assert rel_error(grads_ids[name], grads[name]) < 1e-14, name
+
+
+@pytest.mark.parametrize("bad", [np.array([[0, 6]]), np.array([[-1, 0]]), np.zeros(3, np.int64)])
+def test_ids_out_of_range_or_misshapen_are_refused(bad):
+    lstm, _ = random_lstm(6, 5, 1)
+    with pytest.raises(ValueError, match="ids must be"):
+        lstm.forward(bad)

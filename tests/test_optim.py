@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lstm_scratch import optim
 from lstm_scratch.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from lstm_scratch.errors import CheckpointError, ConfigError
 from lstm_scratch.optim import (
@@ -57,8 +58,16 @@ def random_problem(dtype: type, seed: int = 0) -> tuple[np.ndarray, list[np.ndar
     return params, grads
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def adam_path(request, monkeypatch):
+    """Adam runs as one compiled pass when numba is there; "numpy" forces the NumPy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(optim, "adam_kernel", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_torch(case: str) -> None:
+def test_matches_torch(case: str, adam_path) -> None:
     config, make_torch = CASES[case]
     params, grads = random_problem(np.float64)
     tparam = torch.nn.Parameter(torch.from_numpy(params.copy()))
@@ -76,7 +85,7 @@ def test_matches_torch(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_float32_keeps_dtype(case: str) -> None:
+def test_float32_keeps_dtype(case: str, adam_path) -> None:
     config, _ = CASES[case]
     params, grads = random_problem(np.float32)
     reference = params.astype(np.float64)

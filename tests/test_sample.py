@@ -1,9 +1,10 @@
-"""The next-character distribution: temperature, top-k and nucleus (top-p) filtering."""
+"""Generation: the next-character distribution (temperature, top-k, top-p), the draw, the step."""
 
 import numpy as np
 import pytest
 
-from lstm_scratch.sample import next_char_distribution
+from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.sample import draw, next_char_distribution
 
 LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3]))  # softmax gives back these probabilities
 
@@ -34,3 +35,24 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     assert np.isclose(probs.sum(), 1)
     expected = np.exp(LOGITS[kept])
     assert np.allclose(probs[kept], expected / expected.sum())  # renormalised, order kept
+
+
+@pytest.mark.parametrize("embed_size", [0, 4])
+def test_step_equals_forward_one_step_at_a_time(embed_size):
+    """model.step (no cache, used for generation) computes what forward computes."""
+    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype="float64")
+    model = CharLM(config, seed=1)
+    ids = np.random.default_rng(0).integers(0, 9, (5, 3))  # (T, B)
+    logits, _, _ = model.forward(ids)
+    state = model.zero_state(3)
+    for t in range(5):
+        step_logits, state = model.step(ids[t], state)
+        assert np.abs(step_logits - logits[t]).max() < 1e-13
+
+
+def test_draw_follows_the_probabilities():
+    probs = np.array([0.0, 0.25, 0.0, 0.75])
+    rng = np.random.default_rng(0)
+    counts = np.bincount([draw(probs, rng) for _ in range(4000)], minlength=4)
+    assert counts[0] == counts[2] == 0
+    assert abs(counts[3] / 4000 - 0.75) < 0.03

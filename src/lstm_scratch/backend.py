@@ -2,13 +2,13 @@
 for one layer with the signatures of ``cell.py``:
 
 - "numpy": ``cell.py``, the readable reference, one NumPy call per operation per time step;
-- "numba": ``fused.py``, each layer's time loop compiled (needs numba), held to the reference by
-  the tests.
+- "numba": ``fused.py``, held to the reference by the tests. For small steps (B·4H·H up to
+  SMALL_STEP multiply-adds) it compiles each layer's whole time loop; for larger ones it calls
+  BLAS for each step's recurrent GEMM and one compiled kernel for the step's gate arithmetic.
 
-"auto" picks numba for small steps and numpy (BLAS for the recurrent GEMM) for large ones. Measured
-on this project's 2-core machine (float32 training step, chars/s, numba vs numpy backend):
-H 25 B 1: 133k vs 15k; H 64 B 16: 58k vs 44k; H 128 B 32: 23k vs 40k; H 256 B 64: 9k vs 22k.
-The crossover lies between B·4H·H = 262k and 2.1M multiply-adds per step.
+"auto" is numba when it is installed. Measured on this project's 2-core machine (float32
+training with Adam, chars/s, numba vs numpy backend): H 25 B 1 T 865: 133k vs 15k (compiled
+loop); H 128 B 32 T 64: 92k vs 47k; H 256 B 64 T 100: 36k vs 24k (BLAS per step).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def resolve(name: str = "auto", batch: int = 1, hidden: int = 1) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
     if name == "auto":
-        return "numba" if numba_available() and is_small_step(batch, hidden) else "numpy"
+        return "numba" if numba_available() else "numpy"
     if name == "numba" and not numba_available():
         raise ValueError("the numba backend needs numba: pip install numba")
     return name
@@ -43,6 +43,25 @@ def blas_threads(batch: int, hidden: int) -> int | None:
     """BLAS threads for training at this size: 1 for small steps, where a second thread only
     adds synchronisation (measured: 2.5x slower at H 25, B 1), else BLAS's own default."""
     return 1 if is_small_step(batch, hidden) else None
+
+
+def adam_kernel():
+    """The compiled one-pass Adam update (``fused.adam_step``), or None without numba."""
+    if not numba_available():
+        return None
+    from .fused import adam_step
+
+    return adam_step
+
+
+LARGE_WEIGHTS = 4 * 2**20  # bytes; above this, generation streams weights from beyond L2
+
+
+def generation_blas_threads(weight_bytes: int) -> int | None:
+    """BLAS threads for generating one character at a time. Each character reads every weight
+    once, so a model larger than the cores' caches is memory-bound and two threads double the
+    bandwidth (measured, 2 layers of 512: 1348 -> 488 µs per character); below, one thread."""
+    return None if weight_bytes > LARGE_WEIGHTS else 1
 
 
 def layer_functions(name: str = "auto", batch: int = 1, hidden: int = 1) -> ModuleType:

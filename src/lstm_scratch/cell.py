@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .ops import sigmoid_
+from .ops import one_hot, sigmoid_
 
 
 class LayerWeights(NamedTuple):
@@ -149,7 +149,7 @@ def lstm_step_backward(dh, dc, cache: StepCache, weight_hh, dgates=None, scratch
 
 
 class LayerCache(NamedTuple):
-    x: np.ndarray  # (T, B, D) the layer's input
+    x: np.ndarray  # (T, B, D) the layer's input, or (T, B) ids for one-hot input
     hs: np.ndarray  # (T+1, B, H) h_0 … h_T
     cs: np.ndarray  # (T+1, B, H) c_0 … c_T
     gates: np.ndarray  # (T, B, 4H) activated i, f, g, o
@@ -160,13 +160,14 @@ class LayerCache(NamedTuple):
 
 
 def lstm_forward(x, weights: LayerWeights, h0, c0):
-    """Run one layer over a sequence. x (T, B, D), h0 and c0 (B, H).
+    """Run one layer over a sequence. x (T, B, D), or (T, B) integer ids for one-hot input;
+    h0 and c0 (B, H).
 
     Returns y (T, B, H), (h_T, c_T) each (B, H), and the cache. y is a view into the cache:
     read it, do not write into it.
     """
     cache = start_forward(x, weights, h0, c0)
-    scratch = np.empty(cache.gates.shape[1:], dtype=x.dtype)  # (B, 4H)
+    scratch = np.empty(cache.gates.shape[1:], dtype=cache.gates.dtype)  # (B, 4H)
     for t in range(x.shape[0]):
         buffers = StepBuffers(
             cache.gates[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t], scratch
@@ -178,8 +179,8 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
 def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
     """Backprop through time for one layer. dy (T, B, H); dh_n, dc_n (B, H) or None (zero).
 
-    Returns dx (T, B, D), (dh_0, dc_0) each (B, H), and the weight gradients as LayerWeights
-    (written into ``grads`` when given: overwritten, not accumulated).
+    Returns dx (T, B, D) (None for ids), (dh_0, dc_0) each (B, H), and the weight gradients as
+    LayerWeights (written into ``grads`` when given: overwritten, not accumulated).
     """
     dh, dc, dgates = start_backward(dy, dh_n, dc_n)
     scratch = np.empty_like(dh)  # (B, H)
@@ -195,19 +196,30 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
 
 
 def start_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
-    """Allocate the layer's activations; fill gates with the input projection of every step."""
-    steps, batch, features = x.shape
-    hidden = weights.weight_hh.shape[1]
-    gates = np.empty((steps, batch, 4 * hidden), dtype=x.dtype)  # (T, B, 4H)
-    # one GEMM for all steps: (T*B, D) @ (D, 4H)
-    np.matmul(x.reshape(-1, features), weights.weight_ih.T, out=gates.reshape(-1, 4 * hidden))
-    gates += weights.bias_ih
-    gates += weights.bias_hh
-    hs = np.empty((steps + 1, batch, hidden), dtype=x.dtype)  # (T+1, B, H)
-    cs = np.empty((steps + 1, batch, hidden), dtype=x.dtype)  # (T+1, B, H)
-    tanh_cs = np.empty((steps, batch, hidden), dtype=x.dtype)  # (T, B, H)
+    """Allocate the layer's activations; fill gates with the input projection of every step.
+
+    x is (T, B, D) floats, or (T, B) integer ids standing for one-hot rows of width D: then
+    x_t W_ihᵀ is column ids[t] of W_ih, gathered instead of multiplied.
+    """
+    steps, batch = x.shape[:2]
+    four_h, hidden = weights.weight_hh.shape
+    dtype = weights.weight_hh.dtype
+    gates = np.empty((steps, batch, four_h), dtype=dtype)  # (T, B, 4H)
+    if is_ids(x):  # a gather of rows of W_ihᵀ, made contiguous first: (D, 4H)
+        np.take(np.ascontiguousarray(weights.weight_ih.T), x, axis=0, out=gates)  # (T, B, 4H)
+    else:  # one GEMM for all steps: (T*B, D) @ (D, 4H)
+        np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates.reshape(-1, four_h))
+    gates += weights.bias_ih + weights.bias_hh  # (4H,) summed once, added in one pass
+    hs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
+    cs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
+    tanh_cs = np.empty((steps, batch, hidden), dtype=dtype)  # (T, B, H)
     hs[0], cs[0] = h0, c0
     return LayerCache(x, hs, cs, gates, tanh_cs)
+
+
+def is_ids(x: np.ndarray) -> bool:
+    """True for integer ids (T, B) that stand for one-hot input."""
+    return x.dtype.kind in "iu"
 
 
 def finish_forward(cache: LayerCache):
@@ -224,14 +236,19 @@ def start_backward(dy, dh_n, dc_n):
 
 
 def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None):
-    """The weight gradients, one GEMM each over all steps, and dx (T, B, D)."""
+    """The weight gradients, one GEMM each over all steps, and dx (T, B, D) (None for ids)."""
     steps, batch, four_h = dgates.shape
     if grads is None:
         grads = LayerWeights(*(np.empty_like(w) for w in weights))
     dgates_2d = dgates.reshape(-1, four_h)  # (T*B, 4H)
-    np.matmul(dgates_2d.T, cache.x.reshape(steps * batch, -1), out=grads.weight_ih)  # (4H, D)
+    x_2d = cache.x.reshape(steps * batch, -1)  # (T*B, D)
+    if is_ids(cache.x):  # the one-hot rows, made for this one GEMM
+        x_2d = one_hot(cache.x.reshape(-1), weights.weight_ih.shape[1], dgates.dtype)
+    np.matmul(dgates_2d.T, x_2d, out=grads.weight_ih)  # (4H, D)
     np.matmul(dgates_2d.T, cache.hs[:-1].reshape(steps * batch, -1), out=grads.weight_hh)
     np.sum(dgates_2d, axis=0, out=grads.bias_ih)  # (4H,)
     grads.bias_hh[...] = grads.bias_ih
+    if is_ids(cache.x):
+        return None, grads  # integer input has no gradient
     dx = (dgates_2d @ weights.weight_ih).reshape(steps, batch, -1)  # (T, B, D)
     return dx, grads

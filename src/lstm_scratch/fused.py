@@ -4,13 +4,32 @@ Same equations, shapes and cache as ``cell.py`` (the readable reference; tests h
 The large all-timestep GEMMs stay in BLAS (``cell.start_forward`` / ``finish_backward``); what is
 compiled is the part Python makes slow: per step, the recurrent matrix product and the gate
 arithmetic, with no temporaries. Letters: T time, B batch, H hidden, G = 4H gates.
+
+Everything compiled lives in this one file: numba's cache checks only the file that defines a
+function for staleness, so a helper inlined from another file could stay stale after an edit.
+
+Vectorisable sigmoid and tanh. A call to libm's ``exp`` in a numba loop stays a scalar call, one
+element at a time (numba vectorises it only with Intel's SVML, which pip's llvmlite does not
+link). Written out as arithmetic, exp runs 4 (float64) or 8 (float32) elements per instruction:
+
+    exp(x) = 2^k · (1 + r·q(r)),  k = round(x / ln 2),  r = x − k·ln 2,  |r| ≤ ln2 / 2,
+    q(r) = (exp(r) − 1) / r = Σ_n r^n / (n + 1)!   (13 terms: float64 exact to about 1 ulp)
+
+with 2^k built from its bits. Measured here: sigmoid 4.1 ns per float64 (libm's exp: 40 ns with
+its branch), 1.7 ns per float32; largest error against NumPy 3.3e-16 (float64), 1.7e-7 (float32).
 """
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
 
+from .backend import is_small_step
 from .cell import (
     LayerCache,
     LayerWeights,
@@ -21,20 +40,129 @@ from .cell import (
 )
 
 
-@numba.njit(cache=True, inline="always")
-def _sigmoid(z):
-    """σ(z) from one exp of a non-positive number: no overflow, full relative precision.
-    (libm's exp is about 3x cheaper than its tanh, measured inside numba: 12 vs 34 ns, float64.)"""
-    e = np.exp(-abs(z))
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+@intrinsic
+def _power_of_two(typingctx, k):
+    """2^k for an integral-valued float k in the normal range, by writing the exponent field."""
+    if k not in (types.float64, types.float32):
+        return None
+    bits, mantissa, bias = (64, 52, 1023) if k == types.float64 else (32, 23, 127)
+
+    def codegen(context, builder, signature, args):
+        integer = ir.IntType(bits)
+        k_int = builder.fptosi(args[0], integer)
+        biased = builder.add(k_int, ir.Constant(integer, bias))
+        field = builder.shl(biased, ir.Constant(integer, mantissa))
+        return builder.bitcast(field, args[0].type)
+
+    return k(k), codegen
 
 
-@numba.njit(cache=True, inline="always")
-def _tanh(z):
+def like(z, value):
+    """``value`` as a number of z's float type, so float32 arithmetic stays float32 (a Python float
+    literal is float64 in numba and would silently promote it). Compiled code only."""
+    raise NotImplementedError
+
+
+@overload(like, inline="always")
+def _like(z, value):
+    kind = np.float32 if z == types.float32 else np.float64
+    return lambda z, value: kind(value)
+
+
+def reduction_constants(z):
+    """(lowest x, ln2_hi, ln2_lo) in z's type. lowest: the smallest x for which 2^round(x/ln 2)
+    is a normal number. ln 2 = ln2_hi + ln2_lo to twice the type's precision, ln2_hi with
+    trailing zero bits so that k·ln2_hi is exact (fdlibm's split, and its float32 version)."""
+    raise NotImplementedError
+
+
+@overload(reduction_constants, inline="always")
+def _reduction_constants(z):
+    if z == types.float32:
+        values = (np.float32(-87.0), np.float32(6.9313812256e-01), np.float32(9.0580006145e-06))
+    else:
+        values = (-708.0, 6.93147180369123816490e-01, 1.90821492927058770002e-10)
+    return lambda z: values
+
+
+INV_LN2 = 1 / math.log(2)
+Q = tuple(1 / math.factorial(n + 1) for n in reversed(range(13)))  # 13 terms suit float64
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def exp_parts(x):
+    """(s, m) with exp(x) = s + s·m and expm1(x) = (s − 1) + s·m, each exact to the last few bits
+    (expm1 too: near 0, k = 0 and s = 1 exactly). For x ≤ 0."""
+    lowest, ln2_hi, ln2_lo = reduction_constants(x)
+    x = max(x, lowest)
+    k = np.floor(x * like(x, INV_LN2) + like(x, 0.5))  # round to nearest
+    r = (x - k * ln2_hi) - k * ln2_lo  # x − k·ln 2 in two parts, |r| ≤ ln2/2
+    q = like(x, 0.0)
+    for coefficient in Q:  # Horner; a constant tuple, so LLVM unrolls it
+        q = q * r + like(x, coefficient)
+    return _power_of_two(k), r * q
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def sigmoid(z):
+    """σ(z) from e = exp(−|z|): 1/(1+e) for z ≥ 0, e/(1+e) below. No overflow."""
+    s, m = exp_parts(-abs(z))
+    e = s + s * m
+    one = like(z, 1.0)
+    return (e if z < 0 else one) / (one + e)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def tanh(z):
     """tanh(z) = −m / (2 + m) with m = expm1(−2|z|), sign restored: exact near 0 as well."""
-    m = np.expm1(-2.0 * abs(z))
-    t = -m / (2.0 + m)
+    s, r = exp_parts(like(z, -2.0) * abs(z))
+    m = (s - like(z, 1.0)) + s * r
+    t = -m / (like(z, 2.0) + m)
     return t if z >= 0 else -t
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _activate(z, c_prev, c, h, tanh_c):
+    """One row of one step: z (G,) arrives holding the pre-activations and leaves holding
+    i, f, g, o; writes c, h, tanh(c) (H,) from c_prev (H,).
+
+    Every array is indexed by the loop counter j alone, which LLVM can see is never negative:
+    an index like z[hidden + j] makes numba test for negative indices at each element, and that
+    alone stops the loop from vectorising (measured: 10x slower).
+    """
+    hidden = c.size
+    zi, zf, zg, zo = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden], z[3 * hidden :]
+    for j in range(hidden):
+        i, f, g, o = sigmoid(zi[j]), sigmoid(zf[j]), tanh(zg[j]), sigmoid(zo[j])
+        zi[j], zf[j], zg[j], zo[j] = i, f, g, o
+        c_j = f * c_prev[j] + i * g
+        tanh_c[j] = tanh(c_j)
+        c[j] = c_j
+        h[j] = o * tanh_c[j]
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
+    """One row of one step backward: a (G,) the activated gates; dh, dc (H,) arrive as the
+    gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'."""
+    hidden = dh.size
+    ai, af, ag, ao = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden], a[3 * hidden :]
+    di, df, dg, do = (
+        dz[:hidden],
+        dz[hidden : 2 * hidden],
+        dz[2 * hidden : 3 * hidden],
+        dz[3 * hidden :],
+    )
+    one = like(dh[0], 1.0)  # (the literal 1 would promote float32 to float64)
+    for j in range(hidden):
+        i, f, g, o = ai[j], af[j], ag[j], ao[j]
+        dh_j = dh[j] + dy[j]
+        dc_j = dc[j] + dh_j * o * (one - tanh_c[j] * tanh_c[j])
+        di[j] = dc_j * g * i * (one - i)
+        df[j] = dc_j * c_prev[j] * f * (one - f)
+        dg[j] = dc_j * i * (one - g * g)
+        do[j] = dh_j * tanh_c[j] * o * (one - o)
+        dc[j] = dc_j * f
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -50,17 +178,7 @@ def _forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
                 h_k = hs[t, b, k]
                 for j in range(four_h):
                     z[j] += h_k * weight_hh_t[k, j]
-            for j in range(hidden):
-                i = _sigmoid(z[j])
-                f = _sigmoid(z[hidden + j])
-                g = _tanh(z[2 * hidden + j])
-                o = _sigmoid(z[3 * hidden + j])
-                z[j], z[hidden + j], z[2 * hidden + j], z[3 * hidden + j] = i, f, g, o
-                c = f * cs[t, b, j] + i * g
-                tanh_c = _tanh(c)
-                cs[t + 1, b, j] = c
-                tanh_cs[t, b, j] = tanh_c
-                hs[t + 1, b, j] = o * tanh_c
+            _activate(z, cs[t, b], cs[t + 1, b], hs[t + 1, b], tanh_cs[t, b])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -71,38 +189,92 @@ def _backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
     four_h = 4 * hidden
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
-            a, dz = gates[t, b], dgates[t, b]  # (G,)
-            for j in range(hidden):
-                i, f, g, o = a[j], a[hidden + j], a[2 * hidden + j], a[3 * hidden + j]
-                dh_j = dh[b, j] + dy[t, b, j]
-                tanh_c = tanh_cs[t, b, j]
-                dc_j = dc[b, j] + dh_j * o * (1 - tanh_c * tanh_c)
-                dz[j] = dc_j * g * i * (1 - i)
-                dz[hidden + j] = dc_j * cs[t, b, j] * f * (1 - f)
-                dz[2 * hidden + j] = dc_j * i * (1 - g * g)
-                dz[3 * hidden + j] = dh_j * tanh_c * o * (1 - o)
-                dc[b, j] = dc_j * f
-                dh[b, j] = 0
+            dz = dgates[t, b]  # (G,)
+            _gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz)
+            dh[b] = 0
             for k in range(four_h):  # dh_{t-1} = dz W_hh, row by row
                 dz_k = dz[k]
                 for j in range(hidden):
                     dh[b, j] += dz_k * weight_hh[k, j]
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _activate_rows(z, c_prev, c, h, tanh_c):
+    """``_activate`` for each of B rows: z (B, G), the others (B, H)."""
+    for b in range(z.shape[0]):
+        _activate(z[b], c_prev[b], c[b], h[b], tanh_c[b])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gate_grads_rows(a, dy, dh, dc, c_prev, tanh_c, dz):
+    """``_gate_grads`` for each of B rows: a, dz (B, G), the others (B, H)."""
+    for b in range(a.shape[0]):
+        _gate_grads(a[b], dy[b], dh[b], dc[b], c_prev[b], tanh_c[b], dz[b])
+
+
 def lstm_forward(x, weights: LayerWeights, h0, c0):
-    """As ``cell.lstm_forward``."""
+    """As ``cell.lstm_forward``. Small steps run the whole time loop compiled; large ones call
+    BLAS for each step's recurrent GEMM (two threads) and one compiled kernel for its gates."""
     cache = start_forward(x, weights, h0, c0)
-    weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
-    _forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
+    batch, hidden = h0.shape
+    if is_small_step(batch, hidden):
+        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
+        _forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
+        return finish_forward(cache)
+    recurrent = np.empty(cache.gates.shape[1:], dtype=cache.gates.dtype)  # (B, G)
+    for t in range(cache.gates.shape[0]):
+        np.matmul(cache.hs[t], weights.weight_hh.T, out=recurrent)  # (B, G) h_{t-1} W_hhᵀ
+        cache.gates[t] += recurrent
+        _activate_rows(
+            cache.gates[t], cache.cs[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t]
+        )
     return finish_forward(cache)
 
 
 def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
-    """As ``cell.lstm_backward``."""
+    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``."""
     dh, dc, dgates = start_backward(dy, dh_n, dc_n)
-    weight_hh = np.ascontiguousarray(weights.weight_hh)  # (G, H)
-    _backward_loop(
-        np.ascontiguousarray(dy), cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates
-    )
+    dy = np.ascontiguousarray(dy)
+    batch, hidden = dh.shape
+    if is_small_step(batch, hidden):
+        weight_hh = np.ascontiguousarray(weights.weight_hh)  # (G, H)
+        _backward_loop(dy, cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates)
+    else:
+        for t in reversed(range(dy.shape[0])):
+            _gate_grads_rows(
+                cache.gates[t], dy[t], dh, dc, cache.cs[t], cache.tanh_cs[t], dgates[t]
+            )
+            np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
     dx, grads = finish_backward(dgates, cache, weights, grads)
     return dx, (dh, dc), grads
+
+
+@numba.njit(cache=True, error_model="numpy")
+def adam_step(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled,
+    bias_correction1,
+    bias_correction2_sqrt,
+):
+    """``optim.Adam.step`` in one pass over the flat buffers instead of about fourteen, with the
+    same arithmetic in the same order. Scalars arrive in the buffers' dtype."""
+    one = like(params[0], 1.0)
+    step_size = lr / bias_correction1
+    for n in range(params.size):
+        s = grads[n]
+        if decoupled:
+            params[n] *= one - lr * weight_decay
+        elif weight_decay != 0:
+            s = params[n] * weight_decay + s
+        m = (exp_avg[n] - s) * beta1 + s  # beta1·m + (1 − beta1)·g, kept in place
+        v = exp_avg_sq[n] * beta2 + s * s * (one - beta2)
+        exp_avg[n], exp_avg_sq[n] = m, v
+        params[n] -= m / (np.sqrt(v) / bias_correction2_sqrt + eps) * step_size

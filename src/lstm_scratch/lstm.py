@@ -25,7 +25,8 @@ class StackCache(NamedTuple):
 
 
 def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None, backend="auto"):
-    """x (T, B, D), h0 and c0 (L, B, H), masks: per layer a (T, B, H) dropout mask or None.
+    """x (T, B, D), or (T, B) ids for one-hot input; h0 and c0 (L, B, H); masks: per layer a
+    (T, B, H) dropout mask or None.
 
     Returns y (T, B, H) of the last layer, (h_n, c_n) each (L, B, H), and the cache.
     """
@@ -47,7 +48,7 @@ def stacked_lstm_backward(
 ):
     """dy (T, B, H); dh_n, dc_n (L, B, H) or None; grads: per layer LayerWeights to write into.
 
-    Returns dx (T, B, D) and (dh_0, dc_0) each (L, B, H).
+    Returns dx (T, B, D) (None for ids) and (dh_0, dc_0) each (L, B, H).
     """
     num_layers = len(layers)
     lstm_backward = backends.layer_functions(backend, dy.shape[1], dy.shape[2]).lstm_backward
@@ -179,15 +180,19 @@ class LSTM:
         return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
 
     def forward(self, x, state=None, *, rng: np.random.Generator | None = None):
-        """x (T, B, D); state (h_0, c_0) each (L, B, H) or None for zeros.
+        """x (T, B, D) floats, or (T, B) integer ids in [0, D) meaning one-hot rows (gathered,
+        not multiplied); state (h_0, c_0) each (L, B, H) or None for zeros.
 
         Returns y (T, B, H), (h_n, c_n), cache. Dropout masks are drawn from ``rng`` when given
         (pass a freshly seeded generator to hold them fixed), else from the LSTM's own generator.
         """
         x = np.asarray(x)
-        if x.ndim != 3 or x.shape[2] != self.input_size:
+        if x.dtype.kind in "iu":
+            if x.ndim != 2 or x.size == 0 or x.min() < 0 or x.max() >= self.input_size:
+                raise ValueError(f"ids must be (T, B) integers in [0, {self.input_size})")
+        elif x.ndim != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"x must have shape (T, B, {self.input_size}), got {x.shape}")
-        if x.dtype != self.dtype:
+        elif x.dtype != self.dtype:
             raise ValueError(f"x has dtype {x.dtype} but the LSTM's weights are {self.dtype}")
         h0, c0 = self.zero_state(x.shape[1]) if state is None else state
         masks = None
@@ -201,8 +206,8 @@ class LSTM:
     def backward(self, dy, cache: StackCache, dstate=None):
         """dy (T, B, H); dstate (dh_n, dc_n) each (L, B, H) or None.
 
-        Returns dx (T, B, D), (dh_0, dc_0), and grads: a dict with state_dict()'s keys and shapes
-        (views into one flat gradient buffer).
+        Returns dx (T, B, D) (None for ids), (dh_0, dc_0), and grads: a dict with state_dict()'s
+        keys and shapes (views into one flat gradient buffer).
         """
         grads = self.params.zeros_like()
         dh_n, dc_n = (None, None) if dstate is None else dstate

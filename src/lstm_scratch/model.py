@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend as backends
 from . import init, ops
+from .cell import lstm_step_forward
 from .lstm import (
     StackCache,
     initialise_lstm,
@@ -100,7 +101,7 @@ class CharLM:
         if self.config.embed_size:
             x, embed_cache = ops.embedding_forward(ids, self.params["embedding.weight"])  # (T,B,E)
         else:
-            x, embed_cache = ops.one_hot(ids, self.config.vocab_size, self.dtype), None  # (T,B,V)
+            x, embed_cache = ids, None  # (T, B): the LSTM gathers one-hot rows' weights
         y, state, lstm_cache = stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
         if top_mask is not None:
             y = y * top_mask  # (T, B, H)
@@ -108,6 +109,30 @@ class CharLM:
             y, self.params["decoder.weight"], self.params["decoder.bias"]
         )  # (T, B, V)
         return logits, state, CharLMCache(embed_cache, lstm_cache, top_mask, decoder_cache)
+
+    def step(self, ids, state):
+        """One time step for generation, keeping no cache: ids (B,) -> logits (B, V), state.
+
+        The same arithmetic as ``forward`` on a sequence of length 1 (the tests hold them
+        equal), without the sequence machinery: per layer one (B, H) @ (H, 4H) product for the
+        recurrence, the input's columns of W_ih gathered for one-hot input.
+        """
+        h, c = state  # (L, B, H) each
+        h_next, c_next = np.empty_like(h), np.empty_like(c)
+        if self.config.embed_size:
+            x = self.params["embedding.weight"][ids]  # (B, E)
+        for k, weights in enumerate(self.layers):
+            if k == 0 and not self.config.embed_size:
+                gates_x = weights.weight_ih.T[ids]  # (B, 4H): one-hot input, a gather
+            else:
+                gates_x = x @ weights.weight_ih.T  # (B, 4H)
+            gates_x += weights.bias_ih
+            gates_x += weights.bias_hh
+            x, c_next[k], _ = lstm_step_forward(gates_x, h[k], c[k], weights.weight_hh)
+            h_next[k] = x  # (B, H)
+        logits = x @ self.params["decoder.weight"].T  # (B, V)
+        logits += self.params["decoder.bias"]
+        return logits, (h_next, c_next)
 
     def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None):
         """Forward, softmax cross-entropy against ``targets`` (T, B), and backward.

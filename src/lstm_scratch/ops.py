@@ -103,17 +103,22 @@ class CrossEntropyCache(NamedTuple):
 def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, reduction: str = "mean"):
     """Softmax cross-entropy. logits (..., V), targets (...) ints -> scalar loss (logits' dtype).
 
-    loss = Σ_n -log softmax(logits_n)[target_n], divided by N when reduction == "mean".
+    loss = Σ_n −log softmax(logits_n)[target_n] = Σ_n log Σ_v exp(s_nv) − s_n,target, with the
+    rows shifted by their maximum (s = logits − max) so no exp overflows; divided by N for "mean".
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     num_classes = logits.shape[-1]
-    logp = log_softmax(logits.reshape(-1, num_classes))  # (N, V)
     flat_targets = targets.reshape(-1)  # (N,)
-    picked = np.take_along_axis(logp, flat_targets[:, None], axis=1)  # (N, 1)
+    shifted = logits.reshape(-1, num_classes)  # (N, V)
+    shifted = shifted - shifted.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)  # (N, V), normalised two lines down
+    sums = probs.sum(axis=1)  # (N,)
+    probs /= sums[:, None]
+    picked = shifted[np.arange(flat_targets.size), flat_targets]  # (N,)
     scale = 1.0 / flat_targets.size if reduction == "mean" else 1.0
-    loss = logits.dtype.type(-picked.sum() * scale)
-    return loss, CrossEntropyCache(np.exp(logp), flat_targets, scale)
+    loss = logits.dtype.type((np.log(sums) - picked).sum() * scale)
+    return loss, CrossEntropyCache(probs, flat_targets, scale)
 
 
 def cross_entropy_backward(cache: CrossEntropyCache, dloss: float = 1.0) -> np.ndarray:

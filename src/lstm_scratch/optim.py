@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_scratch.backend import adam_kernel
 from lstm_scratch.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -155,6 +156,15 @@ class Adam(FlatOptimizer):
         wd = self.config.weight_decay
         m, v = self._state["exp_avg"], self._state["exp_avg_sq"]
         self.t += 1
+        kernel = adam_kernel()
+        if kernel is not None:  # the same update in one compiled pass
+            scalar = self.dtype.type
+            kernel(
+                params, grads, m, v, scalar(lr), scalar(beta1), scalar(beta2),
+                scalar(self.config.eps), scalar(wd), self.decoupled,
+                scalar(1.0 - beta1**self.t), scalar(math.sqrt(1.0 - beta2**self.t)),
+            )  # fmt: skip
+            return
         if self.decoupled:
             if wd != 0:
                 params *= 1.0 - lr * wd

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import backend as backends
 from .errors import ConfigError
 from .model import CharLM
 
@@ -60,14 +61,23 @@ def sample(
     """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each."""
     validate_sampling(length, temperature, top_k, top_p)
     rng = np.random.default_rng(seed)
-    with threadpool_limits(1, user_api="blas"):  # one character at a time: tiny GEMMs
+    threads = backends.generation_blas_threads(model.params.flat.nbytes)
+    with threadpool_limits(threads, user_api="blas"):
         logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
+        logits = logits[-1]  # (1, V)
         out = []
         for _ in range(length):
-            probs = next_char_distribution(logits[-1, 0], temperature, top_k, top_p)
-            next_id = int(rng.choice(probs.size, p=probs))
+            probs = next_char_distribution(logits[0], temperature, top_k, top_p)
+            next_id = draw(probs, rng)
             out.append(next_id)
             if on_id is not None:
                 on_id(next_id)
-            logits, state, _ = model.forward(np.array([[next_id]]), state)  # (1, 1, V)
+            logits, state = model.step(np.array([next_id]), state)  # (1, V)
     return out
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One index drawn with probabilities ``probs`` (V,), by inverting the cumulative sum."""
+    cumulative = np.cumsum(probs)  # (V,)
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, probs.size - 1)

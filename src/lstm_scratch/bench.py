@@ -1,0 +1,271 @@
+"""``lstm-scratch bench``: training and sampling speed against torch.nn.LSTM on the same CPU.
+
+Each measurement runs in its own process (``bench_workers``), the implementations alternating
+A B A B … for several rounds, so that neither inherits the other's warm caches or threads, and a
+noisy moment hits both. Reported per configuration: chars/s median (min–max) of each, the ratio
+lstm-scratch / (the faster torch path), the fraction of this machine's measured float32 GEMM peak,
+and the peak resident memory of each process.
+
+Configurations (float32, Adam, one-hot input, 2 threads), from issue #4:
+    a: H 25, V 32, B 1, T 865 (the notebook's)     b: H 128, V 65, B 32, T 64
+    d: H 256, V 65, B 64, T 100                    c: 2 layers of H 512, V 65, B 32, T 100
+Sampling: config c, batch 1, one character at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    hidden: int
+    vocab: int
+    batch: int
+    seq_len: int
+    layers: int = 1
+    dtype: str = "float32"
+    optimizer: str = "adam"
+    threads: int = 2
+    sample_length: int = 200
+
+    def train_flops_per_char(self) -> float:
+        """Multiply-adds × 2 per character for forward + backward (backward ≈ 2× forward)."""
+        forward = 0
+        for k in range(self.layers):
+            inputs = self.vocab if k == 0 else self.hidden
+            forward += 4 * self.hidden * (inputs + self.hidden)
+        forward += self.hidden * self.vocab  # decoder
+        return 2 * 3 * forward
+
+
+CONFIGS = {
+    "a": BenchConfig("a", hidden=25, vocab=32, batch=1, seq_len=865),
+    "b": BenchConfig("b", hidden=128, vocab=65, batch=32, seq_len=64),
+    "d": BenchConfig("d", hidden=256, vocab=65, batch=64, seq_len=100),
+    "c": BenchConfig("c", hidden=512, vocab=65, batch=32, seq_len=100, layers=2),
+}
+NOTEBOOK = BenchConfig(
+    "notebook", hidden=25, vocab=32, batch=1, seq_len=865, dtype="float64", optimizer="sgd"
+)
+
+
+@dataclass
+class BenchOptions:
+    configs: tuple[BenchConfig, ...] = tuple(CONFIGS.values())
+    rounds: int = 5
+    seconds: float = 2.0  # timed per measurement, after warm-up
+    torch: bool = True
+    sampling: bool = True
+    notebook: bool = True
+    quick: bool = False
+
+
+def quick_options() -> BenchOptions:
+    """A smoke run that finishes in well under a minute: configs a and b, one short round."""
+    return BenchOptions(
+        configs=(CONFIGS["a"], CONFIGS["b"]), rounds=1, seconds=0.3, notebook=False, quick=True
+    )
+
+
+def make_options(
+    quick=False, configs="", custom: dict | None = None, rounds=None, seconds=None, torch=True
+) -> BenchOptions:
+    """Options from the command line. ``configs``: names from CONFIGS, comma-separated (all when
+    empty); ``custom``: hidden / batch / seq_len / layers / vocab for one more configuration."""
+    options = quick_options() if quick else BenchOptions()
+    if configs:
+        names = [n.strip() for n in configs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in CONFIGS]
+        if unknown:
+            raise ConfigError(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+        options.configs = tuple(CONFIGS[n] for n in names)
+    custom = {k: v for k, v in (custom or {}).items() if v is not None}
+    if custom:
+        for key, value in custom.items():
+            if value < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+        base = dict(hidden=128, vocab=65, batch=32, seq_len=100, layers=1) | custom
+        options.configs = (*(options.configs if configs else ()), BenchConfig("custom", **base))
+    if rounds is not None:
+        if rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+        options.rounds = rounds
+    if seconds is not None:
+        if not 0 < seconds < 3600:
+            raise ConfigError(f"--seconds must be in (0, 3600), got {seconds}")
+        options.seconds = seconds
+    options.torch = torch
+    return options
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def machine_info() -> dict:
+    """BLAS library, its kernel and threads (threadpoolctl), OpenBLAS variables, cores."""
+    blas = [
+        {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return {"cpus": os.cpu_count(), "blas": blas, "openblas_env": env, "numpy": np.__version__}
+
+
+def gemm_peak_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -> float:
+    """float32 GEMM GFLOP/s on this machine (the best of repeated size³ products)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    best, start = np.inf, time.perf_counter()
+    with threadpool_limits(threads, user_api="blas"):
+        a @ b
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def run_worker(task: str, impl: str, config: BenchConfig, seconds: float) -> dict:
+    """One measurement in a fresh process; returns its JSON report."""
+    args = [task, impl, json.dumps(dataclasses.asdict(config)), str(seconds)]
+    done = subprocess.run(
+        [sys.executable, "-m", "lstm_scratch.bench_workers", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{task} {impl} on config {config.name} failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    rates = [r["chars_per_s"] for r in runs]
+    return {
+        "median": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "runs": rates,
+    }
+
+
+def measure(task: str, impls: list[str], config: BenchConfig, rounds: int, seconds: float, log):
+    """Alternate the implementations for ``rounds`` rounds; a summary per implementation."""
+    runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+    for round_ in range(rounds):
+        for impl in impls:
+            runs[impl].append(run_worker(task, impl, config, seconds))
+            log(
+                f"  {task} {config.name} round {round_ + 1}/{rounds} {impl}: "
+                f"{runs[impl][-1]['chars_per_s']:,.0f} chars/s"
+            )
+    return {impl: summarise(r) for impl, r in runs.items()}
+
+
+def ratio_to_torch(results: dict) -> float | None:
+    torch_rates = [v["median"] for k, v in results.items() if k.startswith("torch")]
+    return results["scratch"]["median"] / max(torch_rates) if torch_rates else None
+
+
+def run_bench(options: BenchOptions, log=print) -> dict:
+    """Run everything ``options`` asks for; returns the full report (what --json writes)."""
+    use_torch = options.torch and torch_available()
+    impls = ["scratch", "torch", "torch-nomkldnn"] if use_torch else ["scratch"]
+    if options.quick and use_torch:
+        impls = ["scratch", "torch"]
+    report = {"machine": machine_info(), "torch": use_torch, "quick": options.quick}
+    if options.torch and not use_torch:
+        log("torch is not installed: reporting lstm-scratch alone (pip install torch to compare)")
+    report["gemm_peak_gflops"] = peak = gemm_peak_gflops()
+    report["train"] = {}
+    for config in options.configs:
+        results = measure("train", impls, config, options.rounds, options.seconds, log)
+        for summary in results.values():
+            summary["peak_fraction"] = (
+                summary["median"] * config.train_flops_per_char() / 1e9 / peak
+            )
+        report["train"][config.name] = {
+            "config": dataclasses.asdict(config),
+            "results": results,
+            "ratio": ratio_to_torch(results),
+        }
+    if options.sampling:
+        config = (
+            CONFIGS["c"]
+            if not options.quick
+            else dataclasses.replace(CONFIGS["b"], sample_length=50)
+        )
+        results = measure("sample", impls, config, options.rounds, options.seconds, log)
+        report["sample"] = {
+            "config": config.name,
+            "results": results,
+            "ratio": ratio_to_torch(results),
+        }
+    if options.notebook:
+        results = measure(
+            "train", ["scratch", "notebook"], NOTEBOOK, options.rounds, options.seconds, log
+        )
+        report["notebook"] = {
+            "results": results,
+            "ratio": results["scratch"]["median"] / results["notebook"]["median"],
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table."""
+    m = report["machine"]
+    blas = ", ".join(
+        f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
+        for b in m["blas"]
+    )
+    lines = [
+        f"machine: {m['cpus']} cpus; numpy {m['numpy']}; BLAS {blas}; "
+        f"OPENBLAS_CORETYPE={m['openblas_env']['OPENBLAS_CORETYPE']}; "
+        f"float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s",
+        "chars/s, median (min-max); ratio = lstm-scratch / faster torch path",
+    ]
+
+    def rows(title, results, ratio, extra=""):
+        cells = [
+            f"{impl} {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}), "
+            f"{s['peak_rss_mib']:.0f} MiB"
+            + (f", {s['peak_fraction']:.1%} of peak" if "peak_fraction" in s else "")
+            for impl, s in results.items()
+        ]
+        ratio_text = f"  ratio {ratio:.2f}x" if ratio is not None else ""
+        lines.append(f"{title}{extra}:{ratio_text}")
+        lines.extend(f"    {cell}" for cell in cells)
+
+    for name, entry in report["train"].items():
+        c = entry["config"]
+        shape = (
+            f" (H {c['hidden']}, L {c['layers']}, V {c['vocab']}, B {c['batch']}, T {c['seq_len']})"
+        )
+        rows(f"train {name}", entry["results"], entry["ratio"], shape)
+    if "sample" in report:
+        s = report["sample"]
+        rows(f"sample (config {s['config']}, batch 1)", s["results"], s["ratio"])
+    if "notebook" in report:
+        n = report["notebook"]
+        rows("notebook setup (float64 SGD) vs the notebook's code", n["results"], n["ratio"])
+    return "\n".join(lines)

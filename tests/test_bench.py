@@ -1,0 +1,73 @@
+"""``lstm-scratch bench``: options, the report's shape, and a smoke run. Never a speed assert."""
+
+import json
+
+import pytest
+
+from lstm_scratch import bench, bench_workers
+from lstm_scratch.cli import main
+from lstm_scratch.errors import ConfigError
+
+
+def test_options_from_the_command_line():
+    quick = bench.make_options(quick=True)
+    assert [c.name for c in quick.configs] == ["a", "b"] and quick.rounds == 1
+    full = bench.make_options(configs="c,a", rounds=7, seconds=1.5)
+    assert [c.name for c in full.configs] == ["c", "a"] and full.rounds == 7
+    custom = bench.make_options(custom={"hidden": 64, "batch": 8, "seq_len": None})
+    (config,) = custom.configs
+    assert (config.name, config.hidden, config.batch, config.seq_len) == ("custom", 64, 8, 100)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"configs": "a,e"}, "unknown config 'e'"),
+        ({"custom": {"hidden": 0}}, "--hidden must be >= 1"),
+        ({"rounds": 0}, "--rounds must be >= 1"),
+        ({"seconds": -1.0}, "--seconds must be in"),
+    ],
+)
+def test_bad_options_are_one_line_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        bench.make_options(**kwargs)
+
+
+def test_cli_bad_option_exits_2(capsys):
+    assert main(["bench", "--configs", "zz"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown config" in err
+
+
+def test_flops_per_char_counts_every_layer():
+    one, two = bench.CONFIGS["d"], bench.CONFIGS["c"]
+    assert one.train_flops_per_char() == 6 * (4 * 256 * (65 + 256) + 256 * 65)
+    assert two.train_flops_per_char() == 6 * (4 * 512 * (65 + 512) + 4 * 512 * 1024 + 512 * 65)
+
+
+def test_workers_do_the_work_they_report():
+    tiny = dict(
+        hidden=8, vocab=11, batch=2, seq_len=5, layers=2, dtype="float32", optimizer="adam",
+        threads=1, sample_length=7,
+    )  # fmt: skip
+    for name in ("scratch", "torch", "notebook"):
+        steps, seconds = bench_workers.WORKERS["train", name](tiny, 0.0)
+        assert steps >= 3 and seconds > 0
+    for name in ("scratch", "torch"):
+        chars, _ = bench_workers.WORKERS["sample", name](tiny, 0.0)
+        assert chars % 7 == 0 and chars >= 21
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--configs", "a", "--seconds", "0.05", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["gemm_peak_gflops"] > 0
+    results = report["train"]["a"]["results"]
+    assert set(results) == {"scratch", "torch"}
+    assert all(r["median"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())
+    assert report["train"]["a"]["ratio"] > 0 and "sample" in report
+    printed = capsys.readouterr().out
+    assert "train a (H 25" in printed and "ratio" in printed and "BLAS" in printed
