@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradcheck import rel_error
-from lstm_scratch import LSTM, backend, fused
+from lstm_scratch import LSTM, backend, fused, ops
 from lstm_scratch.model import CharLM, ModelConfig
 
 
@@ -69,3 +69,17 @@ def test_auto_picks_numba_when_installed():
     assert backend.blas_threads(1, 25) == 1 and backend.blas_threads(64, 256) is None
     with pytest.raises(ValueError, match="unknown backend"):
         backend.resolve("cupy")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_compiled_cross_entropy_equals_reference(reduction, dtype, tolerance):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 3, (6, 4, 13)).astype(dtype)  # (T, B, V)
+    logits[0, 0] = [300.0] + [-300.0] * 12  # far-apart logits: no overflow either way
+    targets = rng.integers(0, 13, (6, 4))
+    expected_loss, expected_grad = ops.cross_entropy(logits, targets, reduction)
+    loss, grad = fused.cross_entropy(logits, targets, reduction)
+    assert loss.dtype == grad.dtype == dtype
+    assert abs(loss - expected_loss) <= tolerance * abs(expected_loss)
+    assert rel_error(grad, expected_grad) < tolerance

@@ -45,6 +45,18 @@ def blas_threads(batch: int, hidden: int) -> int | None:
     return 1 if is_small_step(batch, hidden) else None
 
 
+def loss_function(name: str = "auto"):
+    """Softmax cross-entropy, forward and backward at once: (logits, targets, reduction) ->
+    (loss, dlogits (N, V)). ``ops.cross_entropy`` for numpy, a compiled pass for numba."""
+    if resolve(name) == "numba":
+        from .fused import cross_entropy
+
+        return cross_entropy
+    from .ops import cross_entropy
+
+    return cross_entropy
+
+
 def adam_kernel():
     """The compiled one-pass Adam update (``fused.adam_step``), or None without numba."""
     if not numba_available():

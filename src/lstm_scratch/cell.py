@@ -206,7 +206,8 @@ def start_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
     dtype = weights.weight_hh.dtype
     gates = np.empty((steps, batch, four_h), dtype=dtype)  # (T, B, 4H)
     if is_ids(x):  # a gather of rows of W_ihᵀ, made contiguous first: (D, 4H)
-        np.take(np.ascontiguousarray(weights.weight_ih.T), x, axis=0, out=gates)  # (T, B, 4H)
+        table = np.ascontiguousarray(weights.weight_ih.T)  # (D, 4H)
+        np.take(table, x, axis=0, out=gates)  # (T, B, 4H)
     else:  # one GEMM for all steps: (T*B, D) @ (D, 4H)
         np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates.reshape(-1, four_h))
     gates += weights.bias_ih + weights.bias_hh  # (4H,) summed once, added in one pass
@@ -235,16 +236,22 @@ def start_backward(dy, dh_n, dc_n):
     return dh, dc, np.empty((steps, batch, 4 * hidden), dtype=dy.dtype)
 
 
-def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None):
-    """The weight gradients, one GEMM each over all steps, and dx (T, B, D) (None for ids)."""
+def weight_ih_grad_from_ids(ids, dgates_2d, out):
+    """dW_ih (4H, D) for one-hot input given as ids: dgates_2dᵀ (4H, N) @ one_hot(ids) (N, D)."""
+    np.matmul(dgates_2d.T, one_hot(ids.reshape(-1), out.shape[1], dgates_2d.dtype), out=out)
+
+
+def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None, ids_grad=None):
+    """The weight gradients, one GEMM each over all steps, and dx (T, B, D) (None for ids).
+    ``ids_grad``: how dW_ih is made for one-hot input (default ``weight_ih_grad_from_ids``)."""
     steps, batch, four_h = dgates.shape
     if grads is None:
         grads = LayerWeights(*(np.empty_like(w) for w in weights))
     dgates_2d = dgates.reshape(-1, four_h)  # (T*B, 4H)
-    x_2d = cache.x.reshape(steps * batch, -1)  # (T*B, D)
-    if is_ids(cache.x):  # the one-hot rows, made for this one GEMM
-        x_2d = one_hot(cache.x.reshape(-1), weights.weight_ih.shape[1], dgates.dtype)
-    np.matmul(dgates_2d.T, x_2d, out=grads.weight_ih)  # (4H, D)
+    if is_ids(cache.x):
+        (ids_grad or weight_ih_grad_from_ids)(cache.x, dgates_2d, grads.weight_ih)  # (4H, D)
+    else:
+        np.matmul(dgates_2d.T, cache.x.reshape(steps * batch, -1), out=grads.weight_ih)
     np.matmul(dgates_2d.T, cache.hs[:-1].reshape(steps * batch, -1), out=grads.weight_hh)
     np.sum(dgates_2d, axis=0, out=grads.bias_ih)  # (4H,)
     grads.bias_hh[...] = grads.bias_ih

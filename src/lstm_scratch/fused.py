@@ -212,6 +212,59 @@ def _gate_grads_rows(a, dy, dh, dc, c_prev, tanh_c, dz):
         _gate_grads(a[b], dy[b], dh[b], dc[b], c_prev[b], tanh_c[b], dz[b])
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _scatter_rows(ids, rows, out):
+    """out (D, G) = Σ over n of rows[n] (G,) added into out[ids[n]]: for one-hot input,
+    dW_ihᵀ without the (D, N) @ (N, G) product by a one-hot matrix."""
+    out[:] = 0
+    for n in range(ids.size):
+        target, row = out[ids[n]], rows[n]
+        for g in range(row.size):
+            target[g] += row[g]
+
+
+def _weight_ih_grad_from_ids(ids, dgates_2d, out):
+    """``cell.weight_ih_grad_from_ids`` as a compiled scatter-add."""
+    transposed = np.empty((out.shape[1], out.shape[0]), dtype=out.dtype)  # (D, G)
+    _scatter_rows(ids.reshape(-1), dgates_2d, transposed)
+    out[...] = transposed.T
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _cross_entropy_rows(logits, targets, dlogits):
+    """Σ_n (log Σ_v exp(s_nv) − s_n,target) with s = logits − row max; dlogits (N, V) gets
+    softmax − one_hot(target). One pass per row, exp vectorised."""
+    total = 0.0
+    for n in range(logits.shape[0]):
+        row, grad = logits[n], dlogits[n]
+        top = row.max()
+        norm = like(top, 0.0)
+        for v in range(row.size):
+            e, m = exp_parts(row[v] - top)
+            grad[v] = e + e * m
+        for v in range(row.size):
+            norm += grad[v]
+        inverse = like(top, 1.0) / norm
+        for v in range(row.size):
+            grad[v] *= inverse
+        grad[targets[n]] -= like(top, 1.0)
+        total += np.log(norm) - (row[targets[n]] - top)
+    return total
+
+
+def cross_entropy(logits, targets, reduction="mean"):
+    """As ``ops.cross_entropy``: (loss, dlogits (N, V)), one compiled pass."""
+    num_classes = logits.shape[-1]
+    flat = np.ascontiguousarray(logits.reshape(-1, num_classes))  # (N, V)
+    flat_targets = np.ascontiguousarray(targets.reshape(-1))  # (N,)
+    dlogits = np.empty_like(flat)  # (N, V)
+    total = _cross_entropy_rows(flat, flat_targets, dlogits)
+    scale = 1.0 / flat_targets.size if reduction == "mean" else 1.0
+    if scale != 1.0:
+        dlogits *= flat.dtype.type(scale)
+    return logits.dtype.type(total * scale), dlogits
+
+
 def lstm_forward(x, weights: LayerWeights, h0, c0):
     """As ``cell.lstm_forward``. Small steps run the whole time loop compiled; large ones call
     BLAS for each step's recurrent GEMM (two threads) and one compiled kernel for its gates."""
@@ -245,7 +298,7 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
                 cache.gates[t], dy[t], dh, dc, cache.cs[t], cache.tanh_cs[t], dgates[t]
             )
             np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
-    dx, grads = finish_backward(dgates, cache, weights, grads)
+    dx, grads = finish_backward(dgates, cache, weights, grads, _weight_ih_grad_from_ids)
     return dx, (dh, dc), grads
 
 

@@ -142,9 +142,10 @@ class CharLM:
         state for the next chunk of truncated BPTT (no gradient flows back across chunks).
         """
         logits, state, cache = self.forward(inputs, state, rng)
-        loss, loss_cache = ops.cross_entropy_forward(logits, targets, reduction)
+        cross_entropy = backends.loss_function(self.backend)  # forward and backward together
+        loss, dlogits = cross_entropy(logits, targets, reduction)
+        dlogits = dlogits.reshape(logits.shape)  # (T, B, V)
         grads = self.params.zeros_like()
-        dlogits = ops.cross_entropy_backward(loss_cache).reshape(logits.shape)  # (T, B, V)
         dy, grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_backward(
             dlogits, cache.decoder_input, self.params["decoder.weight"]
         )  # dy (T, B, H)

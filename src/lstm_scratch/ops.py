@@ -129,6 +129,12 @@ def cross_entropy_backward(cache: CrossEntropyCache, dloss: float = 1.0) -> np.n
     return dlogits
 
 
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, reduction: str = "mean"):
+    """Forward and backward together, as training needs them: (loss, dlogits (N, V))."""
+    loss, cache = cross_entropy_forward(logits, targets, reduction)
+    return loss, cross_entropy_backward(cache)
+
+
 # ---------------------------------------------------------------------------------- dropout
 
 
