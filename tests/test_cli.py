@@ -97,7 +97,9 @@ def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
         "train_state.safetensors",
         "metrics.jsonl",
         "best",
+        "loss.png",
     }
+    assert f"loss curves: {run_dir / 'loss.png'}" in out
     lines = metrics(run_dir)
     assert [m["step"] for m in lines] == [10, 20, 30]
     assert lines[-1]["val_loss"] < lines[0]["val_loss"]
@@ -417,3 +419,24 @@ def test_closed_pipe_is_not_a_traceback(capsys, tmp_path, text_file):
     process.stdout.close()  # as `| head -c 10` does
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141 and b"Traceback" not in err, err
+
+
+def test_plot_writes_a_png_of_the_loss_curves(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [
+        {"step": s, "elapsed": 2.0 * s, "train_loss": 3 / s, "val_loss": 3.2 / s} for s in (1, 2, 3)
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, _ = run(capsys, "plot", run_dir)
+    assert code == 0 and "loss.png" in out
+    png = (run_dir / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json\n", '{"step": 1}\n'])
+def test_plot_of_a_folder_without_evaluations_is_a_one_line_error(tmp_path, capsys, content):
+    if content is not None:
+        (tmp_path / "metrics.jsonl").write_text(content)
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert_one_line_error(code, err)

@@ -1,4 +1,4 @@
-"""The command line: ``lstm-scratch train | sample | eval | bench``.
+"""The command line: ``lstm-scratch train | sample | eval | plot | export | import | bench``.
 
 It only parses arguments and calls the library.
 Every error caused by input is one line on stderr and exit code 2, never a traceback.
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import bench, data
+from . import bench, data, interop, plot
 from .config import make_config
 from .errors import LstmScratchError
 from .evaluate import evaluate, predictions
@@ -35,7 +35,11 @@ def _train_arguments(p):
     g.add_argument(
         "--data", default=S, help="UTF-8 text file (default: the built-in Hamlet passage)"
     )
-    g.add_argument("--preset", default=S, help="hamlet (the default without --data)")
+    g.add_argument(
+        "--preset",
+        default=S,
+        help="hamlet (the default without --data) or shakespeare (give --data)",
+    )
     g.add_argument("--encoding", default=S, help="text encoding (default utf-8)")
     g.add_argument("--lower", action="store_true", default=S, help="lowercase the text")
     g.add_argument("--val-fraction", type=float, default=S, help="held-out tail (default 0.1)")
@@ -101,6 +105,17 @@ def build_parser() -> Parser:
     p.add_argument("--lower", action="store_true", default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=256)
+    p = sub.add_parser("plot", help="loss curves of a run as RUN_DIR/loss.png")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="another PNG path")
+    p = sub.add_parser("export", help="weights with PyTorch's names, for nn.LSTM and friends")
+    p.add_argument("checkpoint")
+    p.add_argument("--to", choices=["torch"], required=True)
+    p.add_argument("out", help="the .safetensors file to write")
+    p = sub.add_parser("import", help="a checkpoint from weights with PyTorch's names")
+    p.add_argument("file", help="a .safetensors file with torch's names (from export or torch)")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write")
+    p.add_argument("--vocab-from", default=None, help="training text, when the file has no vocab")
     p = sub.add_parser("bench", help="training and sampling speed against torch.nn.LSTM")
     p.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     p.add_argument("--configs", default="", help="a,b,c,d (default: all)")
@@ -131,6 +146,8 @@ def cmd_train(args) -> int:
         preset = options.pop("preset", None) or ("hamlet" if "data" not in options else None)
         config = make_config(preset, **options)
         result = train(config, out=args.out, quiet=args.quiet, stop_after=args.stop_after)
+    if result.rank != 0:  # under mpiexec, rank 0 reports for all
+        return EXIT_CODES.get(result.stopped_by, 0)
     m = result.metrics
     if m:
         print(
@@ -139,11 +156,20 @@ def cmd_train(args) -> int:
             f"accuracy {m['val_accuracy']:.2%} ({result.stopped_by})"
         )
     print(f"checkpoint: {result.out} (step {result.step}, {result.stopped_by})")
+    _plot_if_possible(result.out)
     if result.stopped_by in EXIT_CODES:
         return EXIT_CODES[result.stopped_by]
     if result.config.data is None:  # the built-in passage: report as the notebook did
         _memorisation_report(result)
     return 0
+
+
+def _plot_if_possible(run_dir) -> None:
+    """The loss curves beside the checkpoint; a note instead when matplotlib is missing."""
+    try:
+        print(f"loss curves: {plot.plot_run(run_dir)}")
+    except LstmScratchError as error:
+        print(f"no loss curves: {error}")
 
 
 def _memorisation_report(result) -> None:
@@ -232,6 +258,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    print(f"wrote {plot.plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    print(f"wrote {interop.export_torch(args.checkpoint, args.out)} (PyTorch names)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    text = data.load_text(args.vocab_from) if args.vocab_from else None
+    print(f"wrote {interop.import_torch(args.file, args.out, text)}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     custom = {k: getattr(args, k) for k in ("hidden", "batch", "seq_len", "layers", "vocab")}
     options = bench.make_options(
@@ -250,8 +292,15 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a one-line usage error (code 2)
         return int(exit_.code or 0)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench}
-    command = commands[args.command]
+    command = {
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "eval": cmd_eval,
+        "plot": cmd_plot,
+        "export": cmd_export,
+        "import": cmd_import,
+        "bench": cmd_bench,
+    }[args.command]
     try:
         return command(args)
     except LstmScratchError as error:

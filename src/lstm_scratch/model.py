@@ -86,17 +86,22 @@ class CharLM:
         shape = (self.config.num_layers, batch, self.config.hidden_size)  # (L, B, H)
         return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
 
-    def forward(self, ids, state=None, rng: np.random.Generator | None = None):
+    def forward(self, ids, state=None, rng: np.random.Generator | None = None, rows=None):
         """ids (T, B) -> logits (T, B, V), final state (h, c) each (L, B, H), cache.
 
-        Dropout is applied when ``rng`` is given (training), never otherwise.
+        Dropout is applied when ``rng`` is given (training), never otherwise. ``rows`` = (start,
+        stop, total) says these B rows are rows start..stop of a batch of ``total`` (one rank's
+        share in data-parallel training): the masks are drawn for the whole batch and sliced, so
+        every rank count draws the same masks as one process.
         """
         steps, batch = ids.shape
         p, masks, top_mask = self.config.dropout, None, None
         if rng is not None and p > 0:
-            shape = (steps, batch, self.config.hidden_size)  # (T, B, H)
+            start, stop, total = rows or (0, batch, batch)
+            shape = (steps, total, self.config.hidden_size)  # (T, B_total, H)
             masks = layer_dropout_masks(rng, self.config.num_layers, shape, p, self.dtype)
-            top_mask = ops.dropout_mask(rng, shape, p, self.dtype)
+            masks = [None if m is None else m[:, start:stop] for m in masks]  # (T, B, H)
+            top_mask = ops.dropout_mask(rng, shape, p, self.dtype)[:, start:stop]
         h0, c0 = self.zero_state(batch) if state is None else state
         if self.config.embed_size:
             x, embed_cache = ops.embedding_forward(ids, self.params["embedding.weight"])  # (T,B,E)
@@ -134,14 +139,14 @@ class CharLM:
         logits += self.params["decoder.bias"]
         return logits, (h_next, c_next)
 
-    def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None):
+    def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None, rows=None):
         """Forward, softmax cross-entropy against ``targets`` (T, B), and backward.
 
         Returns the loss (nats per character for "mean"), the gradients as a FlatParams laid out
         like ``self.params`` (so ``grads.flat`` lines up with ``params.flat``), and the final
         state for the next chunk of truncated BPTT (no gradient flows back across chunks).
         """
-        logits, state, cache = self.forward(inputs, state, rng)
+        logits, state, cache = self.forward(inputs, state, rng, rows)
         cross_entropy = backends.loss_function(self.backend)  # forward and backward together
         loss, dlogits = cross_entropy(logits, targets, reduction)
         dlogits = dlogits.reshape(logits.shape)  # (T, B, V)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import backend as backends
-from . import checkpoint
+from . import checkpoint, distributed
 from .batches import ChunkedText, fit_batch
-from .config import RESUME_OVERRIDABLE, TrainConfig, validate
-from .data import HAMLET, Vocab, load_text, split_train_val
-from .errors import ConfigError, DataError, TrainingError
+from .config import TrainConfig, validate
+from .data import Vocab
+from .errors import ConfigError, TrainingError
 from .evaluate import evaluate
 from .model import CharLM
 from .optim import (
@@ -36,6 +35,14 @@ from .optim import (
     lr_at,
     make_optimizer,
     validate_schedule,
+)
+from .runs import (
+    PLANNED_STOPS,
+    StopSignals,
+    default_out,
+    prepare_text,
+    resume_config,
+    stop_reason,
 )
 
 
@@ -49,65 +56,7 @@ class TrainResult:
     stopped_by: str = "done"  # "done", "early-stopping", "time-limit", "stop-after", "SIGINT", …
     notes: list[str] = field(default_factory=list)
     config: TrainConfig | None = None
-
-
-class _Stop:
-    """Turns SIGINT / SIGTERM into a flag read between steps, so a checkpoint is never half-made."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-
-    def __enter__(self):
-        self.saved = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.saved[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal_name == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, even in an evaluation or a save
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
-    """Load and encode the text; returns (vocab, train_ids, val_ids, notes)."""
-    text = HAMLET if config.data is None else load_text(config.data, config.encoding, config.lower)
-    vocab = vocab or Vocab.from_text(text)
-    ids = vocab.encode(text)
-    if config.val_fraction == 0:
-        return (
-            vocab,
-            ids,
-            ids,
-            ["no held-out text (--val-fraction 0): val_* metrics are on the training text"],
-        )
-    try:
-        train_ids, val_ids = split_train_val(ids, config.val_fraction)
-    except DataError:
-        note = (
-            f"the text ({len(ids)} characters) is too short to hold out "
-            f"{config.val_fraction:.0%}: validating on the training text"
-        )
-        return vocab, ids, ids, [note]
-    return vocab, train_ids, val_ids, []
-
-
-def default_out(config: TrainConfig) -> Path:
-    """runs/<preset or data file name>, with -2, -3, … added so no earlier run is overwritten."""
-    name = config.preset or (Path(config.data).stem if config.data else "hamlet")
-    out = Path("runs") / name
-    n = 1
-    while out.exists():
-        n += 1
-        out = Path("runs") / f"{name}-{n}"
-    return out
+    rank: int = 0  # this process's MPI rank (0 without MPI): only rank 0 reports
 
 
 def _model_meta(model, vocab, config, step, metrics) -> dict:
@@ -157,10 +106,14 @@ def train(
         config = resume_config(meta, overrides or {})
         vocab = Vocab.from_json(meta["vocab"])
     validate(config)
+    comm = distributed.world()
+    lead = comm.rank == 0  # prints, evaluates, decides when to stop, writes checkpoints
     vocab, train_ids, val_ids, notes = prepare_text(config, vocab)
     batch_size, seq_len, note = fit_batch(len(train_ids), config.batch_size, config.seq_len)
     notes += [note] if note else []
     chunks = ChunkedText(train_ids, batch_size, seq_len)
+    first_row, end_row = comm.rows_of(batch_size)  # this rank's rows of every batch
+    rows = (first_row, end_row, batch_size)
     if config.epochs is not None:
         total_steps = math.ceil(config.epochs * chunks.num_chunks)
     else:
@@ -175,7 +128,7 @@ def train(
     model = CharLM(config.model_config(len(vocab)), seed=config.seed, backend=config.backend)
     optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
-    state = model.zero_state(batch_size)
+    state = model.zero_state(end_row - first_row)  # (L, b, H): this rank's rows
     # the schedule's length stays that of the run as first planned: a resume that extends
     # --steps continues at the schedule's final rate instead of stretching it out again
     progress = {"best_val": None, "bad_evals": 0, "elapsed": 0.0, "schedule_steps": total_steps}
@@ -192,7 +145,7 @@ def train(
             train_meta["optimizer"],
         )
         rng.bit_generator.state = train_meta["rng"]
-        state = (train_tensors["state.h"], train_tensors["state.c"])
+        state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in "hc")
         step, metrics = train_meta["step"], meta.get("metrics") or {}
         progress = {k: train_meta.get(k, v) for k, v in progress.items()}
         run_dir = Path(resume).parent if Path(resume).is_file() else Path(resume)
@@ -216,38 +169,54 @@ def train(
         gamma=config.gamma,
     )
     validate_schedule(schedule)
-    for line in notes:
+    for line in notes if lead else ():
         log(line)
     out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(model, vocab, out, step, metrics, notes=notes, config=config)
+    result.rank = comm.rank
     checkpoint_every = config.checkpoint_every or config.eval_every
     this_call, first_step, chars_seen = time.perf_counter(), step, 0
     started = this_call - progress["elapsed"]  # elapsed time counts earlier calls of a resumed run
     saved_step = step
 
-    def save():  # at most once per step
+    def save(best: bool = False):  # at most once per step; a collective under MPI
         nonlocal saved_step
-        if saved_step != step:
+        if saved_step == step and not best:
+            return
+        whole = tuple(comm.gather_rows(part, batch_size) for part in state)  # (L, B, H) on rank 0
+        if lead and saved_step != step:
             progress["elapsed"] = time.perf_counter() - started
-            _save(out, model, vocab, config, optimizer, step, rng, state, progress, result.metrics)
-            saved_step = step
+            _save(out, model, vocab, config, optimizer, step, rng, whole, progress, result.metrics)
+        if lead and best:
+            model_meta = _model_meta(model, vocab, config, step, result.metrics)
+            checkpoint.save_checkpoint(out / "best", model.params.state_dict(), model_meta)
+        saved_step = step
 
-    bar = tqdm(total=total_steps, initial=step, disable=quiet, unit="step", dynamic_ncols=True)
-    threads = backends.blas_threads(batch_size, config.hidden_size)
+    bar = tqdm(
+        total=total_steps, initial=step, disable=quiet or not lead, unit="step", dynamic_ncols=True
+    )
+    threads = distributed.blas_threads(comm, backends.blas_threads(batch_size, config.hidden_size))
     with (
         threadpool_limits(threads, user_api="blas"),
-        _Stop() as stop,
+        StopSignals() as stop,
         bar,
         open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics_file,
     ):
         while step < total_steps:
             chunk = step % chunks.num_chunks
             if chunk == 0:  # a new epoch starts from a zero state
-                state = model.zero_state(batch_size)
-            inputs, targets = chunks.chunk(chunk)
+                state = model.zero_state(end_row - first_row)
+            inputs, targets = chunks.chunk(chunk)  # (T, B): this rank takes its rows
             loss, grads, state = model.loss_and_grads(
-                inputs, targets, state, config.loss_reduction, rng if config.dropout else None
+                inputs[:, first_row:end_row],
+                targets[:, first_row:end_row],
+                state,
+                config.loss_reduction,
+                rng if config.dropout else None,
+                rows,
             )
+            share = (end_row - first_row) / batch_size if config.loss_reduction == "mean" else 1.0
+            loss = distributed.sum_gradients(comm, grads.flat, loss, share)
             if not np.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss} at step {step + 1}: lower --lr or clip "
@@ -275,11 +244,13 @@ def train(
                 chars_s=f"{speed:,.0f}",
                 refresh=False,
             )
-            reason = _stop_reason(
+            reason = stop_reason(
                 config, stop, time.perf_counter() - this_call, step - first_step, stop_after
             )
             # evaluate on schedule, at the end, and before a planned stop (not on a signal)
-            if step % config.eval_every == 0 or step == total_steps or reason in PLANNED_STOPS:
+            best = False
+            evaluate_now = step % config.eval_every == 0 or step == total_steps
+            if lead and (evaluate_now or reason in PLANNED_STOPS):
                 scores = evaluate(model, val_ids, batch_size, max(seq_len, 64))
                 result.metrics = {
                     "step": step,
@@ -290,57 +261,24 @@ def train(
                     "chars_per_s": speed,
                     **{f"val_{k}": v for k, v in scores.items()},
                 }
+                if comm.size > 1:  # the share of this call's time spent summing gradients
+                    result.metrics["ranks"] = comm.size
+                    result.metrics["allreduce_fraction"] = comm.allreduce_seconds / (
+                        time.perf_counter() - this_call
+                    )
                 metrics_file.write(json.dumps(result.metrics) + "\n")
                 metrics_file.flush()
-                best = progress["best_val"]
-                if best is None or scores["loss"] < best:
-                    progress["best_val"], progress["bad_evals"] = scores["loss"], 0
-                    save()
-                    model_meta = _model_meta(model, vocab, config, step, result.metrics)
-                    checkpoint.save_checkpoint(out / "best", model.params.state_dict(), model_meta)
+                if progress["best_val"] is None or scores["loss"] < progress["best_val"]:
+                    progress["best_val"], progress["bad_evals"], best = scores["loss"], 0, True
                 else:
                     progress["bad_evals"] += 1
                     if config.patience is not None and progress["bad_evals"] >= config.patience:
                         reason = reason or "early-stopping"
-            if step % checkpoint_every == 0 or step == total_steps:
-                save()
+            reason, best = comm.bcast((reason, best))  # rank 0 decides for all
+            if best or step % checkpoint_every == 0 or step == total_steps or reason:
+                save(best)
             if reason:
                 result.stopped_by = reason
-                save()
                 break
     result.step = step
     return result
-
-
-PLANNED_STOPS = ("time-limit", "stop-after")
-
-
-def _stop_reason(config, stop, seconds, steps_run, stop_after) -> str | None:
-    """Why to stop after this step, if at all (early stopping is judged at evaluations).
-    The time limit and ``stop_after`` count this call only, so a resumed run gets its own."""
-    if stop.signal_name:
-        return stop.signal_name
-    if config.time_limit is not None and seconds >= config.time_limit * 60:
-        return "time-limit"
-    if stop_after is not None and steps_run >= stop_after:
-        return "stop-after"
-    return None
-
-
-def resume_config(meta: dict, overrides: dict) -> TrainConfig:
-    """The saved run's config with ``overrides`` applied; only run-control fields may change."""
-    fixed = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
-    if fixed:
-        raise ConfigError(
-            f"--{fixed[0].replace('_', '-')} cannot change when resuming a run "
-            f"(only {', '.join(RESUME_OVERRIDABLE)} can)"
-        )
-    try:
-        saved = TrainConfig(**meta["train_config"])
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"the checkpoint holds no usable training config ({error})") from None
-    if "steps" in overrides:
-        saved.epochs = None
-    if "epochs" in overrides:
-        saved.steps = None
-    return dataclasses.replace(saved, **overrides)
