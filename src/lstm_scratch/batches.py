@@ -21,22 +21,23 @@ class ChunkedText:
         targets_per_row = (len(ids) - 1) // batch_size
         if targets_per_row < 1:
             raise ValueError(f"{len(ids)} characters cannot fill {batch_size} rows of 2 or more")
-        starts = np.arange(batch_size) * targets_per_row  # (B,) row b starts where b-1 ends
-        self.rows = ids[starts[:, None] + np.arange(targets_per_row + 1)]  # (B, N)
+        self.ids = ids  # (N,) read a window at a time: it may be a memory map of a large file
+        self.starts = np.arange(batch_size) * targets_per_row  # (B,) row b starts where b-1 ends
+        self.row_length = targets_per_row + 1
         self.seq_len = seq_len
         self.num_chunks = math.ceil(targets_per_row / seq_len)
 
     @property
     def batch_size(self) -> int:
-        return self.rows.shape[0]
+        return self.starts.size
 
     def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets of chunk k, time-major: each (T, B) with T <= seq_len."""
         start = k * self.seq_len
-        stop = min(start + self.seq_len, self.rows.shape[1] - 1)
-        inputs = self.rows[:, start:stop].T  # (T, B)
-        targets = self.rows[:, start + 1 : stop + 1].T  # (T, B)
-        return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+        stop = min(start + self.seq_len, self.row_length - 1)
+        positions = self.starts[None, :] + np.arange(start, stop + 1)[:, None]  # (T+1, B)
+        window = self.ids[positions].astype(np.int64)  # (T+1, B) read from ids, nothing more
+        return np.ascontiguousarray(window[:-1]), np.ascontiguousarray(window[1:])
 
 
 def fit_batch(num_chars: int, batch_size: int, seq_len: int) -> tuple[int, int, str | None]:

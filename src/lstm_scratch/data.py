@@ -206,11 +206,14 @@ def _vocab_problem(chars: object) -> str | None:
     return None
 
 
-def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(
+    ids: np.ndarray, val_fraction: float, copy: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ids into (train, val): the last ``val_fraction`` of them is validation.
 
-    Both parts are copies. ``val_fraction == 0`` gives an empty validation array. When
-    validation is requested each part must keep at least 2 ids (one input/target pair).
+    Both parts are copies (views with ``copy=False``). ``val_fraction == 0`` gives an empty
+    validation array. When validation is requested each part must keep at least 2 ids (one
+    input/target pair).
     """
     ids = np.asarray(ids)
     if ids.ndim != 1:
@@ -224,4 +227,6 @@ def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
             f"fraction of {val_fraction} (each part needs at least {MIN_TEXT_CHARS} characters)"
         )
     n_train = len(ids) - n_val
-    return ids[:n_train].copy(), ids[n_train:].copy()
+    if copy:
+        return ids[:n_train].copy(), ids[n_train:].copy()
+    return ids[:n_train], ids[n_train:]

@@ -7,7 +7,8 @@ import signal
 from pathlib import Path
 
 from .config import RESUME_OVERRIDABLE, TrainConfig
-from .data import HAMLET, Vocab, load_text, split_train_val
+from .corpus import corpus_ids
+from .data import HAMLET, Vocab, split_train_val
 from .errors import ConfigError, DataError
 
 
@@ -37,19 +38,21 @@ class StopSignals:
 
 
 def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
-    """Load and encode the text; returns (vocab, train_ids, val_ids, notes)."""
-    text = HAMLET if config.data is None else load_text(config.data, config.encoding, config.lower)
-    vocab = vocab or Vocab.from_text(text)
-    ids = vocab.encode(text)
+    """The text's ids and vocabulary; returns (vocab, train_ids, val_ids, notes).
+
+    A ``--data`` file is read as a memory-mapped array of ids (``corpus.corpus_ids``); the
+    train and validation parts are views of it, the last ``val_fraction`` being validation.
+    """
+    if config.data is None:
+        vocab = vocab or Vocab.from_text(HAMLET)
+        ids = vocab.encode(HAMLET)
+    else:
+        vocab, ids = corpus_ids(config.data, config.encoding, config.lower, vocab)
     if config.val_fraction == 0:
-        return (
-            vocab,
-            ids,
-            ids,
-            ["no held-out text (--val-fraction 0): val_* metrics are on the training text"],
-        )
+        note = "no held-out text (--val-fraction 0): val_* metrics are on the training text"
+        return vocab, ids, ids, [note]
     try:
-        train_ids, val_ids = split_train_val(ids, config.val_fraction)
+        train_ids, val_ids = split_train_val(ids, config.val_fraction, copy=False)
     except DataError:
         note = (
             f"the text ({len(ids)} characters) is too short to hold out "
