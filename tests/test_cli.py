@@ -440,3 +440,50 @@ def test_plot_of_a_folder_without_evaluations_is_a_one_line_error(tmp_path, caps
         (tmp_path / "metrics.jsonl").write_text(content)
     code, _, err = run(capsys, "plot", tmp_path)
     assert_one_line_error(code, err)
+
+
+def test_a_second_writer_on_a_run_folder_is_refused(tmp_path, capsys, text_file):
+    from lstm_scratch.runs import RunLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    args = ["train", "--data", text_file, "--steps", "2", "--quiet", "--out", run_dir]
+    with RunLock(run_dir):  # as a training process holding the folder would
+        code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "is being trained by process", "choose another --out")
+    assert not (run_dir / "model.safetensors").exists()
+    # a lock file left by a process that died holds no lock: the folder is usable again
+    (run_dir / ".lock").write_text("process 999999 on elsewhere\n")
+    code, _, _ = run(capsys, *args)
+    assert code == 0 and (run_dir / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_nan_loss_stops_naming_the_step_or_skips_the_batch(
+    tmp_path, capsys, text_file, monkeypatch, policy
+):
+    from lstm_scratch.model import CharLM
+
+    real, calls = CharLM.loss_and_grads, []
+
+    def poisoned(self, *args, **kwargs):  # the 5th batch's loss and gradients are NaN
+        loss, grads, state = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            grads.flat[:] = np.nan
+            return float("nan"), grads, state
+        return loss, grads, state
+
+    monkeypatch.setattr(CharLM, "loss_and_grads", poisoned)
+    run_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys, "train", "--data", text_file, "--steps", "8", "--eval-every", "2",
+        "--quiet", "--out", run_dir, "--on-nonfinite", policy,
+    )  # fmt: skip
+    if policy == "stop":
+        assert_one_line_error(code, err, "the loss became nan at step 5", "is kept")
+        assert checkpoint.load_checkpoint(run_dir)[1]["step"] == 4  # the last good checkpoint
+    else:
+        assert code == 0 and "step 5: the loss became nan; batch skipped (1 so far)" in out
+        weights, meta = checkpoint.load_checkpoint(run_dir)
+        assert meta["step"] == 8 and all(np.isfinite(w).all() for w in weights.values())

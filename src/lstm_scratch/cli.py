@@ -80,6 +80,12 @@ def _train_arguments(p):
     g.add_argument("--checkpoint-every", type=int, default=S)
     g.add_argument("--patience", type=int, default=S, help="early stopping (evaluations)")
     g.add_argument("--time-limit", type=float, default=S, help="minutes")
+    g.add_argument(
+        "--on-nonfinite",
+        choices=["stop", "skip"],
+        default=S,
+        help="a NaN or inf loss or gradient: stop (default) or skip the batch",
+    )
     g.add_argument("--out", default=None, help="run folder (default runs/<name>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly")
     g.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this call")

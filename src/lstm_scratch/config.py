@@ -49,6 +49,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # default: at every evaluation
     patience: int | None = None  # early stopping after this many evaluations without improvement
     time_limit: float | None = None  # minutes
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop", or "skip" the batch
     preset: str | None = None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -113,6 +114,7 @@ PRESETS: dict[str, dict] = {
 }
 
 RESUME_OVERRIDABLE = (
+    "on_nonfinite",
     "steps",
     "epochs",
     "time_limit",
@@ -175,6 +177,7 @@ def validate(config: TrainConfig) -> None:
         "dtype": ("float32", "float64"),
         "loss_reduction": ("mean", "sum"),
         "backend": ("auto", "numpy", "numba"),
+        "on_nonfinite": ("stop", "skip"),
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import signal
+import socket
 from pathlib import Path
 
 from .config import RESUME_OVERRIDABLE, TrainConfig
@@ -35,6 +38,35 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``RUN/.lock``, which the kernel drops
+    when the process ends however it ends, so a killed run never leaves the folder stuck. The
+    file names the holder (host and pid) for the message a second writer gets."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+
+    def __enter__(self):
+        self.file = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ConfigError(
+                f"{self.path.parent} is being trained by {holder}: wait for it, stop it, "
+                "or choose another --out"
+            ) from None
+        self.file.truncate(0)
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # closing releases the lock
 
 
 def prepare_text(config: TrainConfig, vocab: Vocab | None = None):

@@ -8,6 +8,7 @@ bit, as a run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +39,7 @@ from .optim import (
 )
 from .runs import (
     PLANNED_STOPS,
+    RunLock,
     StopSignals,
     default_out,
     prepare_text,
@@ -132,6 +134,7 @@ def train(
     # the schedule's length stays that of the run as first planned: a resume that extends
     # --steps continues at the schedule's final rate instead of stretching it out again
     progress = {"best_val": None, "bad_evals": 0, "elapsed": 0.0, "schedule_steps": total_steps}
+    progress.update(skipped=0, skipped_in_a_row=0)  # batches skipped for a NaN or infinity
     step, metrics = 0, {}
 
     if resume is not None:
@@ -197,6 +200,7 @@ def train(
     )
     threads = distributed.blas_threads(comm, backends.blas_threads(batch_size, config.hidden_size))
     with (
+        RunLock(out) if lead else contextlib.nullcontext(),
         threadpool_limits(threads, user_api="blas"),
         StopSignals() as stop,
         bar,
@@ -217,21 +221,17 @@ def train(
             )
             share = (end_row - first_row) / batch_size if config.loss_reduction == "mean" else 1.0
             loss = distributed.sum_gradients(comm, grads.flat, loss, share)
-            if not np.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} at step {step + 1}: lower --lr or clip "
-                    f"harder; the last good checkpoint in {out} is kept"
-                )
             norm = clip_grad_norm_(grads.flat, config.grad_clip or np.inf)
-            if not np.isfinite(norm):
-                raise TrainingError(
-                    f"the gradient norm became {norm} at step {step + 1}: lower "
-                    f"--lr or clip harder; the last good checkpoint in {out} is kept"
-                )
-            if config.clip_value is not None:
-                clip_grad_value_(grads.flat, config.clip_value)
             lr = lr_at(step, config.lr, schedule)
-            optimizer.step(model.params.flat, grads.flat, lr)
+            problem = _nonfinite(loss, norm)
+            if problem is None:
+                progress["skipped_in_a_row"] = 0
+                if config.clip_value is not None:
+                    clip_grad_value_(grads.flat, config.clip_value)
+                optimizer.step(model.params.flat, grads.flat, lr)
+            else:  # stop (the default), or skip the batch: no update, a fresh state after it
+                _skip_or_stop(config, problem, step, out, progress, log)
+                state = model.zero_state(end_row - first_row)
             step += 1
             chars_seen += inputs.size
             loss_per_char = loss / inputs.size if config.loss_reduction == "sum" else loss
@@ -282,3 +282,32 @@ def train(
                 break
     result.step = step
     return result
+
+
+MAX_SKIPS_IN_A_ROW = 10
+
+
+def _nonfinite(loss: float, norm: float) -> str | None:
+    if not np.isfinite(loss):
+        return f"the loss became {loss}"
+    if not np.isfinite(norm):
+        return f"the gradient norm became {norm}"
+    return None
+
+
+def _skip_or_stop(config, problem: str, step: int, out, progress: dict, log) -> None:
+    """A NaN or infinity at ``step``: stop with a message naming the step (``--on-nonfinite
+    stop``, the default, as char-rnn does), or count the batch as skipped and go on."""
+    if config.on_nonfinite == "stop":
+        raise TrainingError(
+            f"{problem} at step {step + 1}: lower --lr or clip harder (or --on-nonfinite skip); "
+            f"the last good checkpoint in {out} is kept"
+        )
+    progress["skipped"] += 1
+    progress["skipped_in_a_row"] += 1
+    if progress["skipped_in_a_row"] > MAX_SKIPS_IN_A_ROW:
+        raise TrainingError(
+            f"{problem} at step {step + 1}, and at the {MAX_SKIPS_IN_A_ROW} steps before it: "
+            f"lower --lr; the last good checkpoint in {out} is kept"
+        )
+    log(f"step {step + 1}: {problem}; batch skipped ({progress['skipped']} so far)")
