@@ -17,6 +17,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from lstm_scratch.errors import CheckpointError
 FORMAT_NAME = "lstm-scratch"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
+PREVIOUS = ".prev"  # the set saved before the newest, kept until the next save
 TRAIN_STATE_FILE = "train_state.safetensors"
 METADATA_KEY = "lstm_scratch"
 RESERVED_KEYS = frozenset({"format", "format_version", "role", "generation"})
@@ -41,13 +44,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write_files({Path(path): data})
 
 
-def atomic_write_files(files: dict[Path, bytes]) -> None:
+def atomic_write_files(files: dict[Path, bytes], keep_previous: bool = False) -> None:
     """Replace several files, each atomically, and none unless all could be written.
 
     Every file's bytes go to a temporary file in its folder, flushed and fsync'ed; only when all
     are written are they renamed over their targets (in the given order) and the folders
     fsync'ed. A failed write (a full disk, say) leaves every previous file untouched, removes the
-    temporary files and raises :class:`CheckpointError`.
+    temporary files and raises :class:`CheckpointError`. ``keep_previous``: each file being
+    replaced is first kept as ``NAME.prev`` (a hard link, itself renamed into place), so a kill
+    between the renames still leaves one whole earlier set.
     """
     staged: dict[Path, Path] = {}  # target -> temporary file not yet renamed
     path = next(iter(files))
@@ -61,8 +66,14 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        for path in files:  # the loop variable names the file in an error message
+        if keep_previous:
+            for path in files:
+                if path.exists():
+                    _keep_as_previous(path)
+        for number, path in enumerate(files):  # the loop variable names the file in an error
             os.replace(staged.pop(path), path)
+            if number == 0 and len(files) > 1:
+                _fault_point("between-renames")
         for folder in {path.parent for path in files}:
             _fsync_dir(folder)
     except OSError as err:
@@ -71,6 +82,35 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         for tmp in staged.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``path`` also as ``path.prev``, replacing the older one atomically."""
+    link = path.with_name(f".{path.name}.{secrets.token_hex(8)}.prev.tmp")
+    try:
+        try:
+            os.link(path, link)
+        except OSError:  # a file system without hard links: a copy does the same
+            shutil.copyfile(path, link)
+        os.replace(link, path.with_name(path.name + PREVIOUS))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+
+
+_SAVES = {"count": 0}
+
+
+def _fault_point(name: str) -> None:
+    """Fault injection for the crash tests: with LSTM_SCRATCH_FAULT=NAME:N in the environment,
+    the N-th time the process reaches the point NAME it kills itself (SIGKILL, as a power cut
+    would end it: no handler, no cleanup). Unset, this does nothing."""
+    fault = os.environ.get("LSTM_SCRATCH_FAULT", "")
+    if not fault.startswith(name + ":"):
+        return
+    _SAVES["count"] += 1
+    if _SAVES["count"] == int(fault.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -140,7 +180,7 @@ def save_checkpoint(
             train_tensors or {}, train_meta or {}, "train_state", generation, state_path
         )
     files[model_path] = _encode_file(weights, meta, "model", generation, model_path)
-    atomic_write_files(files)
+    atomic_write_files(files, keep_previous=len(files) > 1)
 
 
 def _check_header_length(path: Path) -> None:
@@ -253,3 +293,43 @@ def load_train_state(folder: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             f"cannot load {state_path}: model and training state come from different saves"
         )
     return tensors, _user_meta(header)
+
+
+def load_resumable(folder: str | Path) -> tuple[dict, dict, dict, dict, str | None]:
+    """(weights, meta, train tensors, train meta, note) of the newest whole save in ``folder``.
+
+    That is the model and training state files when they come from one save; when a kill
+    between their renames left them from different saves (or one is unreadable), the newest
+    consistent pair among them and the ``.prev`` files of the save before; ``note`` then says
+    so. :class:`CheckpointError` when there is none.
+    """
+    model_path = _model_path(folder)
+    state_path = model_path.parent / TRAIN_STATE_FILE
+    try:
+        return (*load_checkpoint(model_path), *load_train_state(model_path), None)
+    except CheckpointError as error:
+        first_error = error
+    candidates = [
+        (
+            model_path.with_name(model_path.name + PREVIOUS),
+            state_path.with_name(state_path.name + PREVIOUS),
+        ),
+        (model_path, state_path.with_name(state_path.name + PREVIOUS)),
+        (model_path.with_name(model_path.name + PREVIOUS), state_path),
+    ]
+    found = []
+    for model_file, state_file in candidates:
+        try:
+            weights, model_header = _read_file(model_file, "model")
+            tensors, state_header = _read_file(state_file, "train_state")
+        except CheckpointError:
+            continue
+        if model_header["generation"] == state_header["generation"]:
+            found.append(
+                (model_header.get("step", -1), weights, model_header, tensors, state_header)
+            )
+    if not found:
+        raise first_error
+    step, weights, model_header, tensors, state_header = max(found, key=lambda f: f[0])
+    note = f"the last save in {model_path.parent} was interrupted: resuming from step {step}"
+    return weights, _user_meta(model_header), tensors, _user_meta(state_header), note

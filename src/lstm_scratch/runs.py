@@ -43,7 +43,8 @@ class StopSignals:
 class RunLock:
     """One writer per run folder: an exclusive ``flock`` on ``RUN/.lock``, which the kernel drops
     when the process ends however it ends, so a killed run never leaves the folder stuck. The
-    file names the holder (host and pid) for the message a second writer gets."""
+    file names the holder (host and pid) for the message a second writer gets. The new holder
+    removes the temporary files of writes that a killed writer left unfinished."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".lock"
@@ -63,6 +64,8 @@ class RunLock:
         self.file.truncate(0)
         self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         self.file.flush()
+        for partial in self.path.parent.glob(".*.tmp"):  # writes a killed writer left unfinished
+            partial.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc):

@@ -103,8 +103,9 @@ def train(
     """
     vocab = None
     if resume is not None:
-        weights, meta = checkpoint.load_checkpoint(resume)
-        train_tensors, train_meta = checkpoint.load_train_state(resume)
+        weights, meta, train_tensors, train_meta, note = checkpoint.load_resumable(resume)
+        if note:
+            log(note)
         config = resume_config(meta, overrides or {})
         vocab = Vocab.from_json(meta["vocab"])
     validate(config)

@@ -1,0 +1,90 @@
+"""Kill anywhere, lose nothing: SIGKILL at random moments and between the two renames of a save;
+every resume ends with the weights of a run that was never killed, bit for bit."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lstm_scratch import checkpoint
+from lstm_scratch.data import HAMLET
+from lstm_scratch.errors import CheckpointError
+
+ARGS = [
+    "--hidden-size", "16", "--num-layers", "1", "--embed-size", "8", "--batch-size", "4",
+    "--seq-len", "16", "--dropout", "0.1", "--dtype", "float64", "--seed", "5",
+    "--checkpoint-every", "1", "--eval-every", "100", "--quiet",
+]  # fmt: skip
+
+
+def command(tmp_path, run_dir, steps):
+    text = tmp_path / "text.txt"
+    text.write_text(HAMLET * 4, encoding="utf-8")
+    base = [sys.executable, "-m", "lstm_scratch.cli", "train"]
+    if (run_dir / checkpoint.MODEL_FILE).exists():
+        return [*base, "--resume", str(run_dir), "--quiet"]
+    return [*base, "--data", str(text), *ARGS, "--steps", str(steps), "--out", str(run_dir)]
+
+
+def finish(tmp_path, run_dir, steps, env=None):
+    done = subprocess.run(
+        command(tmp_path, run_dir, steps), capture_output=True, text=True, env=env, timeout=300
+    )
+    return done
+
+
+def final_weights(run_dir):
+    weights, meta = checkpoint.load_checkpoint(run_dir)
+    return weights, meta["step"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    steps = 1200
+    clean = finish(tmp_path, tmp_path / "clean", steps)
+    assert clean.returncode == 0, clean.stderr
+    run_dir, rng, kills = tmp_path / "killed", random.Random(1), 0
+    while kills < 6:
+        process = subprocess.Popen(
+            command(tmp_path, run_dir, steps),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.7, 1.6))  # start-up takes about 0.6 s here
+        if process.poll() is not None:
+            break  # it finished first
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        kills += 1
+    assert kills >= 5
+    done = finish(tmp_path, run_dir, steps)
+    assert done.returncode == 0, done.stderr
+    (expected, step), (got, got_step) = final_weights(tmp_path / "clean"), final_weights(run_dir)
+    assert got_step == step == steps
+    for name in expected:
+        assert np.array_equal(got[name], expected[name]), name
+    assert not list(run_dir.glob(".*.tmp"))  # partial writes of killed runs are cleaned up
+
+
+@pytest.mark.slow
+def test_a_kill_between_the_two_renames_resumes_from_the_save_before(tmp_path):
+    steps = 40
+    clean = finish(tmp_path, tmp_path / "clean", steps)
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "LSTM_SCRATCH_FAULT": "between-renames:6"}
+    killed = finish(tmp_path, run_dir, steps, env)
+    assert clean.returncode == 0 and killed.returncode == -signal.SIGKILL
+    with pytest.raises(CheckpointError, match="different saves"):  # a mixed pair was left
+        checkpoint.load_train_state(run_dir)
+    done = finish(tmp_path, run_dir, steps)
+    assert done.returncode == 0, done.stderr
+    assert "was interrupted: resuming from step 5" in done.stdout
+    (expected, _), (got, got_step) = final_weights(tmp_path / "clean"), final_weights(run_dir)
+    assert got_step == steps
+    for name in expected:
+        assert np.array_equal(got[name], expected[name]), name
