@@ -72,3 +72,33 @@ def test_large_vocabularies_use_wider_ids_and_unknown_characters_are_named(tmp_p
     assert len(vocab) == 300 and ids.dtype == np.uint16
     with pytest.raises(DataError, match="not in the vocabulary"):
         corpus.corpus_ids(path, vocab=Vocab(list("abc")))
+
+
+def test_max_vocab_keeps_the_most_frequent_and_buckets_the_rest(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("aaaabbbc" * 5 + "xyz", encoding="utf-8")
+    vocab, ids = corpus.corpus_ids(path, max_vocab=3)
+    assert vocab.chars == ["a", "b", corpus.UNKNOWN]
+    assert vocab.decode(ids) == ("aaaabbb" + corpus.UNKNOWN) * 5 + corpus.UNKNOWN * 3
+
+
+def test_poisoned_texts_train(tmp_path, capsys):
+    """NUL bytes, one 10 MB line, and 50,000 distinct characters (said so, then bucketed)."""
+    from lstm_scratch.cli import main
+
+    cases = {
+        "nul.txt": "a\0b\0" * 500,
+        "line.txt": "one endless line without a newline " * 300_000,
+        "wide.txt": "".join(chr(0x4E00 + i % 25_000) + chr(0x10000 + i) for i in range(25_000)),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    small = "--hidden-size 8 --num-layers 1 --embed-size 4 --steps 2 --batch-size 4"
+    small = [*small.split(), "--seq-len", "16", "--quiet", "--val-fraction", "0.01"]
+    for name in ("nul.txt", "line.txt", "wide.txt"):
+        out = str(tmp_path / f"run-{name}")
+        assert main(["train", "--data", str(tmp_path / name), *small, "--out", out]) == 0
+    assert "50,000 distinct characters" in capsys.readouterr().out
+    args = ["train", "--data", str(tmp_path / "wide.txt"), *small, "--max-vocab", "500"]
+    assert main([*args, "--out", str(tmp_path / "w2")]) == 0
+    assert "distinct characters" not in capsys.readouterr().out

@@ -43,6 +43,9 @@ def _train_arguments(p):
     g.add_argument("--encoding", default=S, help="text encoding (default utf-8)")
     g.add_argument("--lower", action="store_true", default=S, help="lowercase the text")
     g.add_argument("--val-fraction", type=float, default=S, help="held-out tail (default 0.1)")
+    g.add_argument(
+        "--max-vocab", type=int, default=S, help="keep the K-1 most frequent characters + unknown"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--hidden-size", type=int, default=S)
     g.add_argument("--num-layers", type=int, default=S)

@@ -17,6 +17,7 @@ class TrainConfig:
     encoding: str = "utf-8"
     lower: bool = False
     val_fraction: float = 0.1  # the last 10 % of the text, as nanoGPT
+    max_vocab: int | None = None  # keep the most frequent characters, the rest in one bucket
     # model
     hidden_size: int = 128
     num_layers: int = 2
@@ -153,6 +154,7 @@ def validate(config: TrainConfig) -> None:
         "checkpoint_every",
         "patience",
         "step_size",
+        "max_vocab",
     ]
     for name in positive:
         value = getattr(config, name)
@@ -166,6 +168,8 @@ def validate(config: TrainConfig) -> None:
             )
     if config.embed_size < 0 or config.warmup_steps < 0 or config.weight_decay < 0:
         raise ConfigError("--embed-size, --warmup-steps and --weight-decay must be >= 0")
+    if config.max_vocab is not None and config.max_vocab < 2:
+        raise ConfigError(f"--max-vocab must be at least 2, got {config.max_vocab}")
     if not 0 <= config.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
     if not 0 <= config.val_fraction < 1:

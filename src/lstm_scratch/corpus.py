@@ -25,6 +25,7 @@ from .data import MIN_TEXT_CHARS, Vocab, _code_points, _decode_error_message, _t
 from .errors import CheckpointError, ConfigError, DataError
 
 BLOCK_BYTES = 8 * 2**20
+UNKNOWN = "\ufffd"  # the bucket of the characters left out by --max-vocab
 
 
 def _blocks(path: Path, encoding: str, lower: bool):
@@ -61,12 +62,17 @@ def _cache_path(path: Path, key: str) -> Path:
 
 
 def corpus_ids(
-    path: str | Path, encoding: str = "utf-8", lower: bool = False, vocab: Vocab | None = None
+    path: str | Path,
+    encoding: str = "utf-8",
+    lower: bool = False,
+    vocab: Vocab | None = None,
+    max_vocab: int | None = None,
 ) -> tuple[Vocab, np.ndarray]:
     """(vocabulary, ids as a read-only memory map) of a text file; see the module docstring.
 
     ``vocab`` given (a resumed run): the ids are made with it, and a character outside it is a
-    one-line error naming it.
+    one-line error naming it. ``max_vocab``: keep the ``max_vocab - 1`` most frequent
+    characters and map all others to one unknown bucket, ``UNKNOWN``.
     """
     path = Path(path)
     try:
@@ -81,19 +87,18 @@ def corpus_ids(
     if stamp[0] == 0:
         raise DataError(f"{path} is empty")
     given = None if vocab is None else vocab.chars
-    digest = hashlib.sha256(repr((stamp, encoding, lower, given)).encode()).hexdigest()
+    key = (stamp, encoding, lower, given, max_vocab)
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()
     cache = _cache_path(path, digest[:16])
     vocab_file = cache.with_name(cache.name + ".vocab.json")
     try:
         if cache.exists() and vocab_file.exists():  # made by an earlier run: map it at once
             vocab = _read_vocab(vocab_file)
         else:
-            if vocab is None:  # the first pass: which characters occur
-                codes = set()
-                for block in _blocks(path, encoding, lower):
-                    codes.update(np.unique(_code_points(block)).tolist())
-                vocab = Vocab(list(_text_of(np.array(sorted(codes), dtype=np.uint32))))
-            _write_ids(path, encoding, lower, vocab, cache)
+            if vocab is None:  # the first pass: which characters occur, how often
+                vocab = _count_vocab(path, encoding, lower, max_vocab)
+            bucket = UNKNOWN if max_vocab is not None else None
+            _write_ids(path, encoding, lower, vocab, cache, bucket)
             checkpoint.atomic_write_bytes(vocab_file, json.dumps(vocab.to_json()).encode())
         if _stamp(path) != stamp:
             raise DataError(f"{path} changed while it was being read: try again once it is final")
@@ -114,13 +119,32 @@ def _read_vocab(vocab_file: Path) -> Vocab:
         raise DataError(f"{vocab_file}: unreadable cache; delete it and run again") from None
 
 
-def _write_ids(path: Path, encoding: str, lower: bool, vocab: Vocab, cache: Path) -> None:
-    """The second pass: ids of every block appended to ``cache`` (written aside, then renamed)."""
+def _count_vocab(path: Path, encoding: str, lower: bool, max_vocab: int | None) -> Vocab:
+    """The sorted characters of the text; with ``max_vocab``, the ``max_vocab - 1`` most
+    frequent (ties: the smaller code point) and the unknown bucket."""
+    counts: dict[int, int] = {}
+    for block in _blocks(path, encoding, lower):
+        codes, numbers = np.unique(_code_points(block), return_counts=True)
+        for code, number in zip(codes.tolist(), numbers.tolist(), strict=True):
+            counts[code] = counts.get(code, 0) + number
+    kept = sorted(counts)
+    if max_vocab is not None and len(kept) > max_vocab - 1:
+        kept = sorted(sorted(counts, key=lambda c: (-counts[c], c))[: max_vocab - 1])
+    chars = list(_text_of(np.array(kept, dtype=np.uint32)))
+    if max_vocab is not None and UNKNOWN not in chars:
+        chars.append(UNKNOWN)
+    return Vocab(chars)
+
+
+def _write_ids(path: Path, encoding: str, lower: bool, vocab: Vocab, cache: Path, bucket) -> None:
+    """The second pass: ids of every block appended to ``cache`` (written aside, then renamed);
+    characters outside ``vocab`` go to ``bucket``'s id, or are an error without one."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
     with partial.open("wb") as file:
         for block in _blocks(path, encoding, lower):
-            file.write(vocab.encode(block).astype(_id_dtype(vocab)).tobytes())
+            ids = vocab.encode(block) if bucket is None else vocab.encode_or(block, bucket)
+            file.write(ids.astype(_id_dtype(vocab)).tobytes())
     os.replace(partial, cache)
 
 

@@ -167,6 +167,12 @@ class Vocab:
             )
         return ids
 
+    def encode_or(self, text: str, unknown: str) -> np.ndarray:
+        """Ids (int32) of every character, those not in the vocabulary mapped to ``unknown``'s."""
+        _, ids, known = self._lookup(text)
+        ids[~known] = self._order[np.searchsorted(self._sorted_codes, ord(unknown))]
+        return ids
+
     def encode_known(self, text: str) -> tuple[np.ndarray, Counter[str]]:
         """Ids (int32) of the known characters, and a Counter of the dropped unknown ones."""
         codes, ids, known = self._lookup(text)

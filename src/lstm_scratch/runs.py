@@ -72,20 +72,29 @@ class RunLock:
         self.file.close()  # closing releases the lock
 
 
+LARGE_VOCAB = 1000  # distinct characters; above this, training says so
+
+
 def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
     """The text's ids and vocabulary; returns (vocab, train_ids, val_ids, notes).
 
     A ``--data`` file is read as a memory-mapped array of ids (``corpus.corpus_ids``); the
     train and validation parts are views of it, the last ``val_fraction`` being validation.
     """
+    notes = []
     if config.data is None:
         vocab = vocab or Vocab.from_text(HAMLET)
         ids = vocab.encode(HAMLET)
     else:
-        vocab, ids = corpus_ids(config.data, config.encoding, config.lower, vocab)
+        vocab, ids = corpus_ids(config.data, config.encoding, config.lower, vocab, config.max_vocab)
+        if len(vocab) > LARGE_VOCAB:
+            notes.append(
+                f"{len(vocab):,} distinct characters: the output layer has that many classes "
+                "(--max-vocab K keeps the K-1 most frequent and one bucket for the rest)"
+            )
     if config.val_fraction == 0:
         note = "no held-out text (--val-fraction 0): val_* metrics are on the training text"
-        return vocab, ids, ids, [note]
+        return vocab, ids, ids, [*notes, note]
     try:
         train_ids, val_ids = split_train_val(ids, config.val_fraction, copy=False)
     except DataError:
@@ -93,8 +102,8 @@ def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
             f"the text ({len(ids)} characters) is too short to hold out "
             f"{config.val_fraction:.0%}: validating on the training text"
         )
-        return vocab, ids, ids, [note]
-    return vocab, train_ids, val_ids, []
+        return vocab, ids, ids, [*notes, note]
+    return vocab, train_ids, val_ids, notes
 
 
 def default_out(config: TrainConfig) -> Path:
