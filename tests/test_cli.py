@@ -487,3 +487,29 @@ def test_a_nan_loss_stops_naming_the_step_or_skips_the_batch(
         assert code == 0 and "step 5: the loss became nan; batch skipped (1 so far)" in out
         weights, meta = checkpoint.load_checkpoint(run_dir)
         assert meta["step"] == 8 and all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_whole(tmp_path, capsys, text_file, monkeypatch):
+    import errno
+    import os
+    import stat
+
+    real_fsync, run_dir = os.fsync, tmp_path / "run"
+
+    def fsync(fd):  # once a checkpoint of step 4 is in place, the disk is full
+        saved = run_dir / "model.safetensors"
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular and saved.exists() and checkpoint.load_checkpoint(run_dir)[1]["step"] >= 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    code, _, err = run(
+        capsys, "train", "--data", text_file, "--steps", "9", "--eval-every", "100",
+        "--checkpoint-every", "2", "--quiet", "--out", run_dir,
+    )  # fmt: skip
+    assert_one_line_error(code, err, "could not write", "No space left on device")
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(run_dir)[1]["step"] == 4
+    assert checkpoint.load_train_state(run_dir)[1]["step"] == 4  # the same save: resumable
+    assert not list(run_dir.glob(".*.tmp"))
