@@ -31,11 +31,12 @@ class ChunkedText:
     def batch_size(self) -> int:
         return self.starts.size
 
-    def chunk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and targets of chunk k, time-major: each (T, B) with T <= seq_len."""
+    def chunk(self, k: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of chunk k, time-major: each (T, B) with T <= seq_len; ``rows``
+        selects some of the B rows (one rank's share), and only they are read."""
         start = k * self.seq_len
         stop = min(start + self.seq_len, self.row_length - 1)
-        positions = self.starts[None, :] + np.arange(start, stop + 1)[:, None]  # (T+1, B)
+        positions = self.starts[None, rows] + np.arange(start, stop + 1)[:, None]  # (T+1, B)
         window = self.ids[positions].astype(np.int64)  # (T+1, B) read from ids, nothing more
         return np.ascontiguousarray(window[:-1]), np.ascontiguousarray(window[1:])
 

@@ -211,10 +211,10 @@ def train(
             chunk = step % chunks.num_chunks
             if chunk == 0:  # a new epoch starts from a zero state
                 state = model.zero_state(end_row - first_row)
-            inputs, targets = chunks.chunk(chunk)  # (T, B): this rank takes its rows
+            inputs, targets = chunks.chunk(chunk, slice(first_row, end_row))  # this rank's rows
             loss, grads, state = model.loss_and_grads(
-                inputs[:, first_row:end_row],
-                targets[:, first_row:end_row],
+                inputs,
+                targets,
                 state,
                 config.loss_reduction,
                 rng if config.dropout else None,
@@ -234,8 +234,9 @@ def train(
                 _skip_or_stop(config, problem, step, out, progress, log)
                 state = model.zero_state(end_row - first_row)
             step += 1
-            chars_seen += inputs.size
-            loss_per_char = loss / inputs.size if config.loss_reduction == "sum" else loss
+            chunk_chars = inputs.shape[0] * batch_size  # (T, b) here; T × B over all ranks
+            chars_seen += chunk_chars
+            loss_per_char = loss / chunk_chars if config.loss_reduction == "sum" else loss
             elapsed = time.perf_counter() - started
             speed = chars_seen / (time.perf_counter() - this_call)
             bar.update(1)
