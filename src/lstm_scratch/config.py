@@ -91,7 +91,7 @@ PRESETS: dict[str, dict] = {
     ),
     # Tiny-shakespeare-sized text on a 2-core CPU in 15 minutes: one layer of 512 fed by a
     # 64-wide embedding (about 1.2M parameters), batches of 64 × 64 characters, AdamW with a
-    # cosine schedule sized to the ~2,400 steps that 15 minutes allow here (11k chars/s), light
+    # cosine schedule sized to the ~2,400 steps that 15 minutes allow here (9.6k chars/s), light
     # dropout, an evaluation about every minute. Stops at the time limit or the last step.
     "shakespeare": dict(
         hidden_size=512,

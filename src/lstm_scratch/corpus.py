@@ -21,8 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .data import MIN_TEXT_CHARS, Vocab, _code_points, _decode_error_message, _text_of
-from .errors import CheckpointError, ConfigError, DataError
+from .data import (
+    MIN_TEXT_CHARS,
+    Vocab,
+    _code_points,
+    _decode_error_message,
+    _text_of,
+    check_text_path,
+)
+from .errors import CheckpointError, DataError
 
 BLOCK_BYTES = 8 * 2**20
 UNKNOWN = "\ufffd"  # the bucket of the characters left out by --max-vocab
@@ -74,15 +81,7 @@ def corpus_ids(
     one-line error naming it. ``max_vocab``: keep the ``max_vocab - 1`` most frequent
     characters and map all others to one unknown bucket, ``UNKNOWN``.
     """
-    path = Path(path)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ConfigError(f"unknown text encoding: {encoding!r}") from None
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not a text file")
+    path = check_text_path(path, encoding)
     stamp = _stamp(path)
     if stamp[0] == 0:
         raise DataError(f"{path} is empty")

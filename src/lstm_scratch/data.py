@@ -45,11 +45,8 @@ _MAX_LISTED = 10
 _CODE_DTYPE = np.dtype("<u4")
 
 
-def load_text(path: str | Path, encoding: str = "utf-8", lower: bool = False) -> str:
-    """Read a whole text file; raise :class:`DataError` with a one-line message if unusable.
-
-    The bytes are decoded strictly (no newline translation). ``lower=True`` lowercases.
-    """
+def check_text_path(path: str | Path, encoding: str) -> Path:
+    """``path`` as a Path, once it names a file and ``encoding`` a codec; else a one-line error."""
     path = Path(path)
     try:
         codecs.lookup(encoding)
@@ -59,6 +56,15 @@ def load_text(path: str | Path, encoding: str = "utf-8", lower: bool = False) ->
         raise DataError(f"no such file: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a text file")
+    return path
+
+
+def load_text(path: str | Path, encoding: str = "utf-8", lower: bool = False) -> str:
+    """Read a whole text file; raise :class:`DataError` with a one-line message if unusable.
+
+    The bytes are decoded strictly (no newline translation). ``lower=True`` lowercases.
+    """
+    path = check_text_path(path, encoding)
     try:
         raw = path.read_bytes()
     except OSError as err:

@@ -20,6 +20,11 @@ def load_model(path: str | Path, backend: str = "auto") -> tuple[CharLM, Vocab, 
             raise ValueError(
                 f"the vocabulary has {len(vocab)} characters, the model {config.vocab_size}"
             )
+        wrong = sorted(name for name, w in weights.items() if w.dtype != config.dtype)
+        if wrong:
+            raise ValueError(
+                f"tensor {wrong[0]!r} is {weights[wrong[0]].dtype}, not {config.dtype}"
+            )
         model = CharLM(config, backend=backend)
         model.params.load_state_dict(weights)
     except (KeyError, TypeError, ValueError) as error:
