@@ -83,3 +83,28 @@ def test_compiled_cross_entropy_equals_reference(reduction, dtype, tolerance):
     assert loss.dtype == grad.dtype == dtype
     assert abs(loss - expected_loss) <= tolerance * abs(expected_loss)
     assert rel_error(grad, expected_grad) < tolerance
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-15), (np.float32, 4e-7)])
+def test_compiled_sigmoid_and_tanh_match_numpy_everywhere(dtype, tolerance):
+    """The vectorisable exp-based sigmoid and tanh, from tiny to saturating arguments."""
+    import numba
+
+    @numba.njit
+    def both(z, sig, tanh):
+        for i in range(z.size):
+            sig[i], tanh[i] = fused.sigmoid(z[i]), fused.tanh(z[i])
+
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 4, 5000), rng.normal(0, 1e-6, 500), [0.0, -0.0]])
+    z = np.concatenate([z, [-80.0, 80.0, -30.0, 30.0, 1e-30, -1e-30]]).astype(dtype)
+    sig, tanh = np.empty_like(z), np.empty_like(z)
+    both(z, sig, tanh)
+    exact = z.astype(np.float64)
+    e = np.exp(-np.abs(exact))
+    expected_sig = np.where(exact >= 0, 1 / (1 + e), e / (1 + e))
+    assert sig.dtype == tanh.dtype == dtype
+    assert np.max(np.abs(sig - expected_sig) / expected_sig) < tolerance
+    nonzero = exact != 0
+    relative = np.abs(tanh - np.tanh(exact))[nonzero] / np.abs(np.tanh(exact))[nonzero]
+    assert relative.max() < tolerance and np.all(tanh[~nonzero] == 0)

@@ -1,9 +1,11 @@
-"""The numba backend: each layer's whole time loop compiled, forward and backward.
+"""The numba backend: the LSTM's time loops compiled, forward and backward, and the loss and
+Adam update as one compiled pass each.
 
 Same equations, shapes and cache as ``cell.py`` (the readable reference; tests hold this one to it).
-The large all-timestep GEMMs stay in BLAS (``cell.start_forward`` / ``finish_backward``); what is
-compiled is the part Python makes slow: per step, the recurrent matrix product and the gate
-arithmetic, with no temporaries. Letters: T time, B batch, H hidden, G = 4H gates.
+The large all-timestep GEMMs stay in BLAS (``cell.start_forward`` / ``finish_backward``). For
+small steps (``backend.is_small_step``) each layer's whole time loop is compiled, the recurrent
+matrix product included; for large ones each step calls BLAS for the recurrent GEMM and one
+compiled kernel for the gate arithmetic. Letters: T time, B batch, H hidden, G = 4H gates.
 
 Everything compiled lives in this one file: numba's cache checks only the file that defines a
 function for staleness, so a helper inlined from another file could stay stale after an edit.
