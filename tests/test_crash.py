@@ -88,3 +88,36 @@ def test_a_kill_between_the_two_renames_resumes_from_the_save_before(tmp_path):
     assert got_step == steps
     for name in expected:
         assert np.array_equal(got[name], expected[name]), name
+
+
+def test_two_interrupted_saves_in_a_row_still_leave_a_whole_set(tmp_path, monkeypatch):
+    """A kill between the renames, a resume, and another kill there: the save before both is
+    still whole in the .prev files (they are rotated only from a whole set)."""
+    from lstm_scratch.checkpoint import load_resumable, save_checkpoint
+
+    def save(step):
+        weights = {"w": np.full(3, float(step))}
+        save_checkpoint(tmp_path, weights, {"step": step}, {"s": np.zeros(1)}, {"step": step})
+
+    def save_killed_between_renames(step):
+        real = checkpoint.os.replace
+        renamed = []
+
+        def replace(source, target):  # the model file's rename never happens
+            if str(target).endswith(checkpoint.MODEL_FILE) and renamed:
+                raise SystemExit("killed")
+            renamed.append(target)
+            return real(source, target)
+
+        monkeypatch.setattr(checkpoint.os, "replace", replace)
+        with pytest.raises(SystemExit):
+            save(step)
+        monkeypatch.setattr(checkpoint.os, "replace", real)
+
+    save(1)
+    save(2)
+    save_killed_between_renames(3)
+    assert load_resumable(tmp_path)[1]["step"] == 2
+    save_killed_between_renames(4)  # the next save, killed the same way
+    weights, meta, _, state_meta, note = load_resumable(tmp_path)
+    assert meta["step"] == state_meta["step"] == 2 and weights["w"][0] == 2.0 and note

@@ -258,3 +258,17 @@ def test_clip_grad_value_matches_torch() -> None:
     assert np.array_equal(grads, tgrad.grad.numpy())
     with pytest.raises(ConfigError):
         clip_grad_value_(grads, -1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["adam-wd", "adamw"])
+def test_compiled_adam_is_the_numpy_adam_bit_for_bit(case, dtype):
+    config, _ = CASES[case]
+    results = []
+    for compiled in (True, False):
+        params, grads = random_problem(dtype, seed=7)
+        opt = make_optimizer(config, N, dtype, compiled=compiled)
+        for lr, grad in zip(LRS, grads, strict=True):
+            opt.step(params, grad, lr)
+        results.append(params)
+    np.testing.assert_array_equal(results[0], results[1])

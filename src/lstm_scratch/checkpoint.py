@@ -180,7 +180,9 @@ def save_checkpoint(
             train_tensors or {}, train_meta or {}, "train_state", generation, state_path
         )
     files[model_path] = _encode_file(weights, meta, "model", generation, model_path)
-    atomic_write_files(files, keep_previous=len(files) > 1)
+    # the set being replaced becomes the ``.prev`` set only when it is whole: after a kill
+    # between two renames it is not, and the ``.prev`` set already holds the last whole one
+    atomic_write_files(files, keep_previous=len(files) > 1 and _is_whole_set(folder))
 
 
 def _check_header_length(path: Path) -> None:
@@ -293,6 +295,16 @@ def load_train_state(folder: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             f"cannot load {state_path}: model and training state come from different saves"
         )
     return tensors, _user_meta(header)
+
+
+def _is_whole_set(folder: Path) -> bool:
+    """True when ``folder`` holds a model and training state from one save."""
+    try:
+        _, model = _read_file(folder / MODEL_FILE, "model", with_tensors=False)
+        _, state = _read_file(folder / TRAIN_STATE_FILE, "train_state", with_tensors=False)
+    except CheckpointError:
+        return False
+    return model["generation"] == state["generation"]
 
 
 def load_resumable(folder: str | Path) -> tuple[dict, dict, dict, dict, str | None]:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import bench, data, interop, plot
+from . import bench, data, distributed, interop, plot
 from .config import make_config
 from .errors import LstmScratchError
 from .evaluate import evaluate, predictions
@@ -314,6 +314,7 @@ def main(argv=None) -> int:
         return command(args)
     except LstmScratchError as error:
         print(f"lstm-scratch {args.command}: error: {error}", file=sys.stderr)
+        distributed.abort_peers(2)  # under mpiexec: the other ranks would wait for ever
         return 2
     except BrokenPipeError:  # the reader went away (`lstm-scratch sample ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
@@ -321,6 +322,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # outside training (which saves and stops on its own)
         print(f"lstm-scratch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        distributed.abort_peers(1)
+        raise
 
 
 if __name__ == "__main__":

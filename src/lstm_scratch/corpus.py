@@ -4,8 +4,8 @@
 vocabulary, sorted as ``Vocab.from_text`` sorts it), then the ids, written as raw integers of the
 smallest unsigned type that holds them (uint8 up to 256 characters). That file is cached beside
 the data (``.NAME.<key>.ids``, the vocabulary in ``….ids.vocab.json``; in
-``~/.cache/lstm-scratch`` where the data's folder is read-only), keyed by the file's size and
-modification time, the encoding, lowercasing and the vocabulary given (if any), so the next run
+``~/.cache/lstm-scratch`` where the data's folder is read-only), keyed by the file's path, size,
+modification time and inode, the encoding, lowercasing and the vocabulary given, so the next run
 maps it at once. Training reads windows of it, so memory holds the model and the batch, not the
 corpus. A file that changes while it is read is an error.
 """
@@ -55,9 +55,10 @@ def _blocks(path: Path, encoding: str, lower: bool):
                 return
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    """What identifies this version of this file: size, modification time, device, inode."""
     info = path.stat()
-    return info.st_size, info.st_mtime_ns
+    return info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino
 
 
 def _cache_path(path: Path, key: str) -> Path:
@@ -86,7 +87,7 @@ def corpus_ids(
     if stamp[0] == 0:
         raise DataError(f"{path} is empty")
     given = None if vocab is None else vocab.chars
-    key = (stamp, encoding, lower, given, max_vocab)
+    key = (str(path.resolve()), stamp, encoding, lower, given, max_vocab)
     digest = hashlib.sha256(repr(key).encode()).hexdigest()
     cache = _cache_path(path, digest[:16])
     vocab_file = cache.with_name(cache.name + ".vocab.json")

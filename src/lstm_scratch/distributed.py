@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 
 import numpy as np
@@ -101,6 +102,16 @@ def world():
             "for data-parallel training (or run without mpiexec)"
         )
     return MPIWorld()
+
+
+def abort_peers(code: int) -> None:
+    """After an error on this rank: end every rank of the MPI job (they would otherwise wait in
+    the next collective for ever). Nothing happens outside an MPI job of several processes."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and mpi.COMM_WORLD.Get_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(code)
 
 
 def blas_threads(comm, wanted: int | None) -> int | None:

@@ -305,31 +305,19 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
 
 
 @numba.njit(cache=True, error_model="numpy")
-def adam_step(
-    params,
-    grads,
-    exp_avg,
-    exp_avg_sq,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    decoupled,
-    bias_correction1,
-    bias_correction2_sqrt,
-):
+def adam_step(params, grads, exp_avg, exp_avg_sq, beta1, beta2, eps, weight_decay, decoupled,
+              decay, one_minus_beta2, bias_correction2_sqrt, step_size):  # fmt: skip
     """``optim.Adam.step`` in one pass over the flat buffers instead of about fourteen, with the
-    same arithmetic in the same order. Scalars arrive in the buffers' dtype."""
-    one = like(params[0], 1.0)
-    step_size = lr / bias_correction1
+    same arithmetic in the same order. Scalars arrive in the buffers' dtype, those that are
+    combinations (decay = 1 − lr·wd, 1 − β2, step_size = lr / (1 − β1^t)) computed in float64
+    first, as the NumPy path computes them."""
     for n in range(params.size):
         s = grads[n]
         if decoupled:
-            params[n] *= one - lr * weight_decay
+            params[n] *= decay
         elif weight_decay != 0:
             s = params[n] * weight_decay + s
         m = (exp_avg[n] - s) * beta1 + s  # beta1·m + (1 − beta1)·g, kept in place
-        v = exp_avg_sq[n] * beta2 + s * s * (one - beta2)
+        v = exp_avg_sq[n] * beta2 + s * s * one_minus_beta2
         exp_avg[n], exp_avg_sq[n] = m, v
         params[n] -= m / (np.sqrt(v) / bias_correction2_sqrt + eps) * step_size

@@ -60,6 +60,8 @@ class FlatOptimizer:
 
     _state_names: tuple[str, ...] = ()
 
+    compiled = True  # use compiled kernels where there are any (numba installed)
+
     def __init__(self, config: OptimizerConfig, num_params: int, dtype: np.dtype) -> None:
         self.config = config
         self.num_params = num_params
@@ -156,13 +158,13 @@ class Adam(FlatOptimizer):
         wd = self.config.weight_decay
         m, v = self._state["exp_avg"], self._state["exp_avg_sq"]
         self.t += 1
-        kernel = adam_kernel()
+        kernel = adam_kernel() if self.compiled else None
         if kernel is not None:  # the same update in one compiled pass
             scalar = self.dtype.type
             kernel(
-                params, grads, m, v, scalar(lr), scalar(beta1), scalar(beta2),
-                scalar(self.config.eps), scalar(wd), self.decoupled,
-                scalar(1.0 - beta1**self.t), scalar(math.sqrt(1.0 - beta2**self.t)),
+                params, grads, m, v, scalar(beta1), scalar(beta2), scalar(self.config.eps),
+                scalar(wd), self.decoupled, scalar(1.0 - lr * wd), scalar(1.0 - beta2),
+                scalar(math.sqrt(1.0 - beta2**self.t)), scalar(lr / (1.0 - beta1**self.t)),
             )  # fmt: skip
             return
         if self.decoupled:
@@ -200,13 +202,18 @@ class AdamW(Adam):
 _CLASSES: dict[str, type[FlatOptimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def make_optimizer(config: OptimizerConfig, num_params: int, dtype: np.dtype) -> FlatOptimizer:
-    """Build the optimizer named by ``config`` for ``num_params`` parameters of ``dtype``."""
+def make_optimizer(
+    config: OptimizerConfig, num_params: int, dtype: np.dtype, compiled: bool = True
+) -> FlatOptimizer:
+    """Build the optimizer named by ``config`` for ``num_params`` parameters of ``dtype``;
+    ``compiled=False`` keeps to the NumPy path (the reference backend)."""
     validate_optimizer_config(config)
     _require(num_params >= 1, f"the number of parameters must be positive, got {num_params}")
     dtype = np.dtype(dtype)
     _require(dtype in _DTYPES, f"parameters must be float32 or float64, got {dtype}")
-    return _CLASSES[config.name](config, num_params, dtype)
+    optimizer = _CLASSES[config.name](config, num_params, dtype)
+    optimizer.compiled = compiled
+    return optimizer
 
 
 @dataclass

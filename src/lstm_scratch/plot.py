@@ -31,7 +31,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: no evaluations yet")
-    return rows
+    # a resumed run may log a step again (after a kill, from its last checkpoint): the last wins
+    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -49,7 +50,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for ax, key, label in ((axes[0], "step", "step"), (axes[1], "elapsed", "wall time (minutes)")):
         scale = 1 / 60 if key == "elapsed" else 1
         x = [row[key] * scale for row in rows]
-        ax.plot(x, [row["train_loss"] for row in rows], "o-", ms=3, label="train (last batch)")
+        train = [math.nan if row.get("train_loss") is None else row["train_loss"] for row in rows]
+        ax.plot(x, train, "o-", ms=3, label="train (last batch)")
         ax.plot(x, [row["val_loss"] for row in rows], "s-", ms=3, label="validation")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import time
@@ -115,6 +116,11 @@ def train(
     batch_size, seq_len, note = fit_batch(len(train_ids), config.batch_size, config.seq_len)
     notes += [note] if note else []
     chunks = ChunkedText(train_ids, batch_size, seq_len)
+    if comm.size > batch_size:
+        raise ConfigError(
+            f"{comm.size} processes need a batch of at least {comm.size} rows; the batch has "
+            f"{batch_size}: raise --batch-size or start fewer processes"
+        )
     first_row, end_row = comm.rows_of(batch_size)  # this rank's rows of every batch
     rows = (first_row, end_row, batch_size)
     if config.epochs is not None:
@@ -129,7 +135,8 @@ def train(
         momentum=config.momentum,
     )
     model = CharLM(config.model_config(len(vocab)), seed=config.seed, backend=config.backend)
-    optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype)
+    compiled = backends.resolve(config.backend) == "numba"
+    optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype, compiled)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
     state = model.zero_state(end_row - first_row)  # (L, b, H): this rank's rows
     # the schedule's length stays that of the run as first planned: a resume that extends
@@ -157,6 +164,7 @@ def train(
     else:
         run_dir = None
         out = Path(out) if out is not None else default_out(config)
+    out = comm.bcast(out)  # rank 0's choice: another rank could see runs/NAME made already
     if (out / "model.safetensors").exists() and (
         run_dir is None or out.resolve() != run_dir.resolve()
     ):
@@ -205,7 +213,9 @@ def train(
         threadpool_limits(threads, user_api="blas"),
         StopSignals() as stop,
         bar,
-        open(out / "metrics.jsonl", "a", encoding="utf-8") as metrics_file,
+        open(out / "metrics.jsonl", "a", encoding="utf-8")
+        if lead
+        else io.StringIO() as metrics_file,
     ):
         while step < total_steps:
             chunk = step % chunks.num_chunks
@@ -258,7 +268,7 @@ def train(
                     "step": step,
                     "epoch": step / chunks.num_chunks,
                     "lr": lr,
-                    "train_loss": loss_per_char,
+                    "train_loss": loss_per_char if np.isfinite(loss_per_char) else None,
                     "elapsed": elapsed,
                     "chars_per_s": speed,
                     **{f"val_{k}": v for k, v in scores.items()},
@@ -270,7 +280,10 @@ def train(
                     )
                 metrics_file.write(json.dumps(result.metrics) + "\n")
                 metrics_file.flush()
-                if progress["best_val"] is None or scores["loss"] < progress["best_val"]:
+                if not evaluate_now:
+                    pass  # an extra evaluation before a planned stop: reported, not judged, so
+                    # that a stopped and resumed run keeps the patience of an unstopped one
+                elif progress["best_val"] is None or scores["loss"] < progress["best_val"]:
                     progress["best_val"], progress["bad_evals"], best = scores["loss"], 0, True
                 else:
                     progress["bad_evals"] += 1
