@@ -7,8 +7,9 @@ for one layer with the signatures of ``cell.py``:
   BLAS for each step's recurrent GEMM and one compiled kernel for the step's gate arithmetic.
 
 "auto" is numba when it is installed. Measured on this project's 2-core machine (float32
-training with Adam, chars/s, numba vs numpy backend): H 25 B 1 T 865: 133k vs 15k (compiled
-loop); H 128 B 32 T 64: 92k vs 47k; H 256 B 64 T 100: 36k vs 24k (BLAS per step).
+training with Adam, chars/s, numba vs numpy backend, single runs of 2 s): H 128 B 32 T 64: 92k vs
+47k; H 256 B 64 T 100: 36k vs 24k (BLAS per step). At H 25 B 1 the compiled loop measured 133k
+vs 15k before its gate arithmetic was vectorised; `lstm-scratch bench` gives today's figure.
 """
 
 from __future__ import annotations

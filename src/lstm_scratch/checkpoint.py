@@ -98,7 +98,7 @@ def _keep_as_previous(path: Path) -> None:
             os.unlink(link)
 
 
-_SAVES = {"count": 0}
+_FAULT_POINTS_REACHED = {"count": 0}
 
 
 def _fault_point(name: str) -> None:
@@ -108,8 +108,8 @@ def _fault_point(name: str) -> None:
     fault = os.environ.get("LSTM_SCRATCH_FAULT", "")
     if not fault.startswith(name + ":"):
         return
-    _SAVES["count"] += 1
-    if _SAVES["count"] == int(fault.split(":")[1]):
+    _FAULT_POINTS_REACHED["count"] += 1
+    if _FAULT_POINTS_REACHED["count"] == int(fault.split(":")[1]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
