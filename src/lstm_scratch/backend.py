@@ -14,7 +14,9 @@ vs 15k before its gate arithmetic was vectorised; `lstm-scratch bench` gives tod
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import platform
 from types import ModuleType
 
 BACKENDS = ("auto", "numpy", "numba")
@@ -86,3 +88,30 @@ def layer_functions(name: str = "auto", batch: int = 1, hidden: int = 1) -> Modu
     from . import cell
 
     return cell
+
+
+KEEP_FREED = 512 * 2**20  # bytes of freed memory malloc keeps for reuse (see keep_freed_memory)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(limit: int = KEEP_FREED) -> bool:
+    """Ask glibc's malloc to keep freed blocks up to ``limit`` bytes for reuse by this process.
+
+    A training step allocates its activations afresh (tens of MB at H 256, B 64) and frees them
+    at its end. By default glibc serves such blocks with mmap, or trims the heap once enough is
+    free, and hands the pages back to the kernel: the next step then page-faults every 4 KiB of
+    them in again, zeroed. Measured (H 256, B 64, T 100): 3,700 page faults and 28 ms of kernel
+    time per step, 155 ms against 114 ms per step with this set. Whether it happens depends on
+    the order of allocations, so it is set once, for the process, by the training entry points;
+    the price is that the process keeps up to ``limit`` bytes it has freed. Returns False where
+    malloc is not glibc's (nothing is changed there).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    trimmed = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(limit))
+    mapped = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(limit))
+    return bool(trimmed and mapped)

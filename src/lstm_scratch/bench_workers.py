@@ -55,6 +55,7 @@ def train_scratch(c: dict, seconds: float):
         OptimizerConfig(c["optimizer"], lr=LEARNING_RATE), model.num_parameters, model.dtype
     )
     inputs, targets = _data(c)
+    backends.keep_freed_memory()  # as lstm-scratch train does
 
     def step():
         _, grads, _ = model.loss_and_grads(inputs, targets)

@@ -195,22 +195,32 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
 # with the compiled loops of the numba backend
 
 
-def start_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
+def start_forward(x, weights: LayerWeights, h0, c0, gather=None) -> LayerCache:
     """Allocate the layer's activations; fill gates with the input projection of every step.
 
     x is (T, B, D) floats, or (T, B) integer ids standing for one-hot rows of width D: then
-    x_t W_ihᵀ is column ids[t] of W_ih, gathered instead of multiplied.
+    x_t W_ihᵀ is column ids[t] of W_ih, gathered instead of multiplied. ``gather``: how
+    (default ``gather_rows``).
     """
+    cache = allocate_forward(x, weights, h0, c0)
+    steps, batch, four_h = cache.gates.shape
+    gates_2d = cache.gates.reshape(-1, four_h)  # (T*B, 4H)
+    bias = weights.bias_ih + weights.bias_hh  # (4H,) summed once
+    if is_ids(x):  # a gather of rows of W_ihᵀ, made contiguous first: (D, 4H)
+        table = np.ascontiguousarray(weights.weight_ih.T)  # (D, 4H)
+        (gather or gather_rows)(table, bias, x.reshape(-1), gates_2d)
+    else:  # one GEMM for all steps: (T*B, D) @ (D, 4H)
+        np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates_2d)
+        gates_2d += bias
+    return cache
+
+
+def allocate_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
+    """The cache's arrays, with h_0 and c_0 in place and gates (T, B, 4H) not yet filled."""
     steps, batch = x.shape[:2]
     four_h, hidden = weights.weight_hh.shape
     dtype = weights.weight_hh.dtype
     gates = np.empty((steps, batch, four_h), dtype=dtype)  # (T, B, 4H)
-    if is_ids(x):  # a gather of rows of W_ihᵀ, made contiguous first: (D, 4H)
-        table = np.ascontiguousarray(weights.weight_ih.T)  # (D, 4H)
-        np.take(table, x, axis=0, out=gates)  # (T, B, 4H)
-    else:  # one GEMM for all steps: (T*B, D) @ (D, 4H)
-        np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates.reshape(-1, four_h))
-    gates += weights.bias_ih + weights.bias_hh  # (4H,) summed once, added in one pass
     hs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
     cs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
     tanh_cs = np.empty((steps, batch, hidden), dtype=dtype)  # (T, B, H)
@@ -221,6 +231,12 @@ def start_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
 def is_ids(x: np.ndarray) -> bool:
     """True for integer ids (T, B) that stand for one-hot input."""
     return x.dtype.kind in "iu"
+
+
+def gather_rows(table, bias, ids, out):
+    """out (N, G) = table[ids] + bias: rows of table (D, G) picked by ids (N,), bias (G,) added."""
+    np.take(table, ids, axis=0, out=out)  # (N, G)
+    out += bias
 
 
 def finish_forward(cache: LayerCache):
@@ -241,9 +257,12 @@ def weight_ih_grad_from_ids(ids, dgates_2d, out):
     np.matmul(dgates_2d.T, one_hot(ids.reshape(-1), out.shape[1], dgates_2d.dtype), out=out)
 
 
-def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None, ids_grad=None):
+def finish_backward(
+    dgates, cache: LayerCache, weights: LayerWeights, grads=None, ids_grad=None, bias_grad=None
+):
     """The weight gradients, one GEMM each over all steps, and dx (T, B, D) (None for ids).
-    ``ids_grad``: how dW_ih is made for one-hot input (default ``weight_ih_grad_from_ids``)."""
+    ``ids_grad``: how dW_ih is made for one-hot input (default ``weight_ih_grad_from_ids``);
+    ``bias_grad``: Σ_t dz_t (4H,) when the caller has summed it already."""
     steps, batch, four_h = dgates.shape
     if grads is None:
         grads = LayerWeights(*(np.empty_like(w) for w in weights))
@@ -253,7 +272,10 @@ def finish_backward(dgates, cache: LayerCache, weights: LayerWeights, grads=None
     else:
         np.matmul(dgates_2d.T, cache.x.reshape(steps * batch, -1), out=grads.weight_ih)
     np.matmul(dgates_2d.T, cache.hs[:-1].reshape(steps * batch, -1), out=grads.weight_hh)
-    np.sum(dgates_2d, axis=0, out=grads.bias_ih)  # (4H,)
+    if bias_grad is None:
+        np.sum(dgates_2d, axis=0, out=grads.bias_ih)  # (4H,)
+    else:
+        grads.bias_ih[...] = bias_grad
     grads.bias_hh[...] = grads.bias_ih
     if is_ids(cache.x):
         return None, grads  # integer input has no gradient

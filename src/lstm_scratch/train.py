@@ -208,6 +208,7 @@ def train(
         total=total_steps, initial=step, disable=quiet or not lead, unit="step", dynamic_ncols=True
     )
     threads = distributed.blas_threads(comm, backends.blas_threads(batch_size, config.hidden_size))
+    backends.keep_freed_memory()  # each step's activations reuse the last one's pages
     with (
         RunLock(out) if lead else contextlib.nullcontext(),
         threadpool_limits(threads, user_api="blas"),
