@@ -38,7 +38,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from .backend import is_small_step
+from .backend import is_small_step, transposed_step_gemm
 from .cell import (
     LayerCache,
     LayerWeights,
@@ -333,19 +333,28 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
         weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
         _forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
         return finish_forward(cache)
-    ids = is_ids(x)
+    transposed = transposed_step_gemm(batch, hidden)
+    ids = is_ids(x) and not transposed
     if ids:
         cache = allocate_forward(x, weights, h0, c0)
         table = np.ascontiguousarray(weights.weight_ih.T)  # (D, G)
         addend = table + (weights.bias_ih + weights.bias_hh)  # (D, G) W_ihᵀ + b
         rows = x  # (T, B) each step adds addend[ids] into the GEMM's output in gates[t]
-    else:
-        cache = start_forward(x, weights, h0, c0)  # gates hold x W_ihᵀ + b
-        addend = np.empty(cache.gates.shape[1:], dtype=cache.gates.dtype)  # (B, G)
+    else:  # the input part first, for all steps (a gather, or one GEMM)
+        cache = start_forward(x, weights, h0, c0, _gather_rows)  # gates hold x W_ihᵀ + b
+        four_h, dtype = cache.gates.shape[-1], cache.gates.dtype
+        if transposed:
+            product = np.empty((four_h, batch), dtype=dtype)  # (G, B) the GEMM's output
+            addend = product.T  # (B, G) a view, read with a stride
+        else:
+            addend = np.empty((batch, four_h), dtype=dtype)  # (B, G) the GEMM's output
         rows = np.broadcast_to(np.arange(batch), x.shape[:2])  # (T, B) the GEMM's output, row b
     for t in range(cache.gates.shape[0]):
         gates = cache.gates[t]  # (B, G)
-        np.matmul(cache.hs[t], weights.weight_hh.T, out=gates if ids else addend)  # h W_hhᵀ
+        if transposed:
+            np.matmul(weights.weight_hh, cache.hs[t].T, out=product)  # (G, B) W_hh h_{t-1}ᵀ
+        else:
+            np.matmul(cache.hs[t], weights.weight_hh.T, out=gates if ids else addend)  # (B, G)
         _activate_rows(
             gates, addend, rows[t], cache.cs[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t]
         )
@@ -372,12 +381,21 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
     else:  # nothing to scatter: every row adds into one scratch row, never read
         table_grad = np.zeros((1, four_h), dtype=dgates.dtype)  # (1, G)
         rows = np.zeros(dy.shape[:2], dtype=np.intp)  # (T, B)
+    transposed = transposed_step_gemm(batch, hidden)
+    if transposed:  # the GEMM writes dh_{t-1}ᵀ (H, B); the kernel reads it through dh (B, H)
+        dh_t = np.ascontiguousarray(dh.T)  # (H, B)
+        dh = dh_t.T  # (B, H) a view
+        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
     for t in reversed(range(dy.shape[0])):
         _gate_grads_rows(
             cache.gates[t], dy[t], dh, dc, cache.cs[t], cache.tanh_cs[t], dgates[t],
             bias_grad, table_grad, rows[t],
         )  # fmt: skip
-        np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
+        if transposed:
+            np.matmul(weight_hh_t, dgates[t].T, out=dh_t)  # (H, B) dh_{t-1}ᵀ = W_hhᵀ dzᵀ
+        else:
+            np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
+    dh = np.ascontiguousarray(dh)  # (B, H)
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T
