@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gradcheck import rel_error
-from lstm_scratch import LSTM, backend, fused, ops
+from lstm_scratch import LSTM, backend, fast_layer, fused, ops
 from lstm_scratch.model import CharLM, ModelConfig
 
 
@@ -19,8 +19,8 @@ def fast_path(request, monkeypatch):
     transposed (4H, B) by shape; test each at any size."""
     small = request.param == "compiled loop"
     transposed = request.param.endswith("transposed")
-    monkeypatch.setattr(fused, "is_small_step", lambda batch, hidden: small)
-    monkeypatch.setattr(fused, "transposed_step_gemm", lambda batch, hidden: transposed)
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: small)
+    monkeypatch.setattr(fast_layer, "transposed_step_gemm", lambda batch, hidden: transposed)
     return request.param
 
 
@@ -37,8 +37,10 @@ def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance, fast_path, 
     )
     fast = LSTM(D, H, L, dtype=dtype, backend="numba")
     fast.load_state_dict(reference.state_dict())
-    # ids from a vocabulary of D (repeats within a step, so the scatter-add must accumulate)
-    x = rng.integers(0, D, (T, B)) if one_hot else rng.normal(size=(T, B, D)).astype(dtype)
+    # ids from a vocabulary of D (repeats within a step, so the scatter-add must accumulate),
+    # int32 and not contiguous (as one MPI rank's rows of a batch are)
+    ids = rng.integers(0, D, (T, 2 * B)).astype(np.int32)[:, ::2]  # (T, B)
+    x = ids if one_hot else rng.normal(size=(T, B, D)).astype(dtype)
     state = tuple(rng.normal(0, 2, (L, B, H)).astype(dtype) for _ in range(2))
     dy = rng.normal(size=(T, B, H)).astype(dtype)
     dstate = tuple(rng.normal(size=(L, B, H)).astype(dtype) for _ in range(2))
@@ -55,6 +57,18 @@ def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance, fast_path, 
             continue
         assert value.dtype == dtype, name
         assert rel_error(value, results[0][name]) < tolerance, name
+
+
+@pytest.mark.parametrize("bad", [-1, 6])
+def test_compiled_layer_refuses_ids_out_of_range(bad, fast_path):
+    """The compiled gathers do not check their indices, so the layer checks them first."""
+    lstm = LSTM(6, 8, 1, dtype=np.float64, backend="numba")
+    ids = np.zeros((3, 2), dtype=np.int64)
+    ids[1, 1] = bad
+    weights = lstm.layers[0]
+    h0 = np.zeros((2, 8))
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 6\)"):
+        fast_layer.lstm_forward(ids, weights, h0, h0)
 
 
 def test_char_model_same_loss_and_gradients_on_both_backends(fast_path):
@@ -76,7 +90,7 @@ def test_char_model_same_loss_and_gradients_on_both_backends(fast_path):
 def test_auto_picks_numba_when_installed():
     assert backend.resolve("auto", batch=1, hidden=25) == "numba"
     assert backend.resolve("auto", batch=64, hidden=256) == "numba"
-    assert fused.is_small_step(1, 25) and not fused.is_small_step(64, 256)
+    assert backend.is_small_step(1, 25) and not backend.is_small_step(64, 256)
     assert backend.resolve("numpy", batch=1, hidden=25) == "numpy"
     assert backend.blas_threads(1, 25) == 1 and backend.blas_threads(64, 256) is None
     with pytest.raises(ValueError, match="unknown backend"):
@@ -91,7 +105,7 @@ def test_compiled_cross_entropy_equals_reference(reduction, dtype, tolerance):
     logits[0, 0] = [300.0] + [-300.0] * 12  # far-apart logits: no overflow either way
     targets = rng.integers(0, 13, (6, 4))
     expected_loss, expected_grad = ops.cross_entropy(logits, targets, reduction)
-    loss, grad = fused.cross_entropy(logits, targets, reduction)
+    loss, grad = fast_layer.cross_entropy(logits, targets, reduction)
     assert loss.dtype == grad.dtype == dtype
     assert abs(loss - expected_loss) <= tolerance * abs(expected_loss)
     assert rel_error(grad, expected_grad) < tolerance

@@ -65,9 +65,7 @@ def test_bench_smoke_run_writes_json(tmp_path, capsys):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["quick"] and report["gemm_peak_gflops"] > 0
-    # measured before and after each configuration; the best is the reference
-    assert len(report["gemm_peak_samples"]) == 2
-    assert report["gemm_peak_gflops"] == max(report["gemm_peak_samples"])
+    assert len(report["gemm_peak_samples"]) == 2  # before and after the one configuration
     results = report["train"]["a"]["results"]
     assert set(results) == {"scratch", "torch"}
     assert all(r["median"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())

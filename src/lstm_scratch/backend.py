@@ -2,9 +2,10 @@
 for one layer with the signatures of ``cell.py``:
 
 - "numpy": ``cell.py``, the readable reference, one NumPy call per operation per time step;
-- "numba": ``fused.py``, held to the reference by the tests. For small steps (B·4H·H up to
-  SMALL_STEP multiply-adds) it compiles each layer's whole time loop; for larger ones it calls
-  BLAS for each step's recurrent GEMM and one compiled kernel for the step's gate arithmetic.
+- "numba": ``fast_layer.py`` around the compiled kernels of ``fused.py``, held to the
+  reference by the tests. For small steps (B·4H·H up to SMALL_STEP multiply-adds) it compiles
+  each layer's whole time loop; for larger ones it calls BLAS for each step's recurrent GEMM
+  and one compiled kernel for the step's gate arithmetic.
 
 "auto" is numba when it is installed. Measured on this project's 2-core machine (float32
 training with Adam, chars/s, numba vs numpy backend, single runs of 2 s): H 128 B 32 T 64: 92k vs
@@ -61,7 +62,7 @@ def loss_function(name: str = "auto"):
     """Softmax cross-entropy, forward and backward at once: (logits, targets, reduction) ->
     (loss, dlogits (N, V)). ``ops.cross_entropy`` for numpy, a compiled pass for numba."""
     if resolve(name) == "numba":
-        from .fused import cross_entropy
+        from .fast_layer import cross_entropy
 
         return cross_entropy
     from .ops import cross_entropy
@@ -91,15 +92,16 @@ def generation_blas_threads(weight_bytes: int) -> int | None:
 def layer_functions(name: str = "auto", batch: int = 1, hidden: int = 1) -> ModuleType:
     """A module with ``lstm_forward`` and ``lstm_backward`` for the chosen backend."""
     if resolve(name, batch, hidden) == "numba":
-        from . import fused
+        from . import fast_layer
 
-        return fused
+        return fast_layer
     from . import cell
 
     return cell
 
 
 KEEP_FREED = 512 * 2**20  # bytes of freed memory malloc keeps for reuse (see keep_freed_memory)
+OLD_GLIBC_MMAP_MAX = 32 * 2**20  # the largest mmap threshold glibc <= 2.34 accepts (64-bit)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
@@ -112,15 +114,22 @@ def keep_freed_memory(limit: int = KEEP_FREED) -> bool:
     them in again, zeroed. Measured (H 256, B 64, T 100): 3,700 page faults and 28 ms of kernel
     time per step, 155 ms against 114 ms per step with this set. Whether it happens depends on
     the order of allocations, so it is set once, for the process, by the training entry points;
-    the price is that the process keeps up to ``limit`` bytes it has freed. Returns False where
-    malloc is not glibc's (nothing is changed there).
+    the price is that the process keeps up to ``limit`` bytes it has freed. glibc up to 2.34
+    refuses an mmap threshold above 32 MiB: then 32 MiB is used. Returns False, changing
+    nothing, where malloc is not glibc's.
     """
+    if not 0 < limit < 2**31:
+        raise ValueError(f"limit must be in (0, 2**31) bytes, got {limit}")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc is loaded in every Linux CPython
+    except (OSError, AttributeError):
         return False
-    trimmed = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(limit))
-    mapped = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(limit))
-    return bool(trimmed and mapped)
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # The mmap threshold first: setting either one stops glibc adjusting the other.
+    if not mallopt(_M_MMAP_THRESHOLD, limit):
+        limit = min(limit, OLD_GLIBC_MMAP_MAX)
+        if not mallopt(_M_MMAP_THRESHOLD, limit):
+            return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, limit))

@@ -1,17 +1,7 @@
-"""The numba backend: the LSTM's time loops compiled, forward and backward, and the loss and
-Adam update as one compiled pass each.
-
-Same equations, shapes and cache as ``cell.py`` (the readable reference; tests hold this one to it).
-The large all-timestep GEMMs stay in BLAS (``cell.start_forward`` / ``finish_backward``). For
-small steps (``backend.is_small_step``) each layer's whole time loop is compiled, the recurrent
-matrix product included; for large ones each step calls BLAS for the recurrent GEMM and one
-compiled kernel for the gate arithmetic. Letters: T time, B batch, H hidden, G = 4H gates.
-
-Large steps wait on memory more than on arithmetic: at T 100, B 64, H 256 the (T, B, G) gate
-arrays are 26 MB each, beyond every cache. So the step kernels do the all-timestep work that
-touches one step's rows while those rows are in cache: the forward kernel adds the one-hot
-input's row of W_ihᵀ + b to the GEMM's output (no separate gather over (T, B, G)), and the
-backward kernel sums the bias gradient and scatters dW_ih (no two more passes over dgates).
+"""Everything the numba backend compiles: the gate arithmetic of one step (forward and backward),
+whole time loops for small steps, the one-hot gather and scatter, softmax cross-entropy, and the
+Adam update. ``fast_layer.py`` calls these around BLAS; ``cell.py`` is the readable reference
+both are held to. Letters: T time, B batch, D input, H hidden, G = 4H gates.
 
 Everything compiled lives in this one file: numba's cache checks only the file that defines a
 function for staleness, so a helper inlined from another file could stay stale after an edit.
@@ -37,18 +27,6 @@ import numpy as np
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
-
-from .backend import is_small_step, transposed_step_gemm
-from .cell import (
-    LayerCache,
-    LayerWeights,
-    allocate_forward,
-    finish_backward,
-    finish_forward,
-    is_ids,
-    start_backward,
-    start_forward,
-)
 
 
 @intrinsic
@@ -198,7 +176,7 @@ def _gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
+def forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
     """gates (T, B, G) arrive holding x W_ihᵀ + b and leave holding i, f, g, o.
     weight_hh_t (H, G) is W_hhᵀ; hs, cs (T+1, B, H) arrive with h_0, c_0 in row 0."""
     steps, batch, four_h = gates.shape
@@ -214,7 +192,7 @@ def _forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
+def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
     """dy (T, B, H); dh, dc (B, H) arrive as dh_T, dc_T and leave as dh_0, dc_0;
     dgates (T, B, G) is filled with the gradient of the pre-activations."""
     steps, batch, hidden = dy.shape
@@ -231,11 +209,12 @@ def _backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _activate_rows(z, table, rows, c_prev, c, h, tanh_c):
+def activate_rows(z, table, rows, c_prev, c, h, tanh_c):
     """``_activate`` for each of B rows of one step, after adding table[rows[b]] (G,) into
-    z[b] (G,): the two parts of the pre-activation. With one-hot input z holds h_{t-1} W_hhᵀ
-    and table is W_ihᵀ + b (D, G), rows the ids; else z holds x_t W_ihᵀ + b and table is
-    h_{t-1} W_hhᵀ (B, G), rows 0…B-1. c_prev, c, h, tanh_c are (B, H)."""
+    z[b] (G,): the two parts of the pre-activation. Either z holds h_{t-1} W_hhᵀ and table is
+    W_ihᵀ + b (D, G), rows the ids (one-hot input, gathered here); or z holds x_t W_ihᵀ + b and
+    table is h_{t-1} W_hhᵀ (B, G) (possibly a strided view), rows 0…B-1. c_prev, c, h, tanh_c
+    are (B, H)."""
     for b in range(z.shape[0]):
         z_b, source = z[b], table[rows[b]]
         for g in range(z_b.size):
@@ -244,20 +223,24 @@ def _activate_rows(z, table, rows, c_prev, c, h, tanh_c):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _gate_grads_rows(a, dy, dh, dc, c_prev, tanh_c, dz, bias_grad, table_grad, rows):
+def gate_grads_rows(a, dy, dh, dc, c_prev, tanh_c, dz, bias_grad, table_grad, rows):
     """``_gate_grads`` for each of B rows of one step: a, dz (B, G), the others (B, H). Also
-    adds each dz[b] into bias_grad (G,) and into table_grad[rows[b]] (G,), while it is in cache
-    (with one-hot input table_grad is dW_ihᵀ; else pass a (1, G) scratch and zeros)."""
+    adds each dz[b] into bias_grad (G,) and, unless table_grad is None, into
+    table_grad[rows[b]] (G,) (dW_ihᵀ (D, G) for one-hot input, rows the ids), while dz[b] is
+    in cache. The sums may be float64 for float32 dz (numba compiles the None case apart)."""
     for b in range(a.shape[0]):
-        dz_b, target = dz[b], table_grad[rows[b]]
+        dz_b = dz[b]
         _gate_grads(a[b], dy[b], dh[b], dc[b], c_prev[b], tanh_c[b], dz_b)
         for g in range(dz_b.size):
             bias_grad[g] += dz_b[g]
-            target[g] += dz_b[g]
+        if table_grad is not None:
+            target = table_grad[rows[b]]
+            for g in range(dz_b.size):
+                target[g] += dz_b[g]
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _scatter_rows(ids, rows, out):
+def scatter_rows(ids, rows, out):
     """out (D, G) = Σ over n of rows[n] (G,) added into out[ids[n]]: for one-hot input,
     dW_ihᵀ without the (D, N) @ (N, G) product by a one-hot matrix."""
     out[:] = 0
@@ -268,7 +251,7 @@ def _scatter_rows(ids, rows, out):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _gather_rows(table, bias, ids, out):
+def gather_rows(table, bias, ids, out):
     """``cell.gather_rows`` compiled: out (N, G) = table[ids] + bias, in one pass (measured at
     T 100, B 64, 4H 1024: 2.4 ms against 15 ms for NumPy's take into a buffer, then the add)."""
     for n in range(ids.size):
@@ -277,15 +260,8 @@ def _gather_rows(table, bias, ids, out):
             row[g] = source[g] + bias[g]
 
 
-def _weight_ih_grad_from_ids(ids, dgates_2d, out):
-    """``cell.weight_ih_grad_from_ids`` as a compiled scatter-add."""
-    transposed = np.empty((out.shape[1], out.shape[0]), dtype=out.dtype)  # (D, G)
-    _scatter_rows(ids.reshape(-1), dgates_2d, transposed)
-    out[...] = transposed.T
-
-
 @numba.njit(cache=True, error_model="numpy")
-def _cross_entropy_rows(logits, targets, dlogits):
+def cross_entropy_rows(logits, targets, dlogits):
     """Σ_n (log Σ_v exp(s_nv) − s_n,target) with s = logits − row max; dlogits (N, V) gets
     softmax − one_hot(target). One pass per row, exp vectorised."""
     total = 0.0
@@ -304,104 +280,6 @@ def _cross_entropy_rows(logits, targets, dlogits):
         grad[targets[n]] -= like(top, 1.0)
         total += np.log(norm) - (row[targets[n]] - top)
     return total
-
-
-def cross_entropy(logits, targets, reduction="mean"):
-    """As ``ops.cross_entropy``: (loss, dlogits (N, V)), one compiled pass."""
-    num_classes = logits.shape[-1]
-    flat = np.ascontiguousarray(logits.reshape(-1, num_classes))  # (N, V)
-    flat_targets = np.ascontiguousarray(targets.reshape(-1))  # (N,)
-    dlogits = np.empty_like(flat)  # (N, V)
-    total = _cross_entropy_rows(flat, flat_targets, dlogits)
-    scale = 1.0 / flat_targets.size if reduction == "mean" else 1.0
-    if scale != 1.0:
-        dlogits *= flat.dtype.type(scale)
-    return logits.dtype.type(total * scale), dlogits
-
-
-def lstm_forward(x, weights: LayerWeights, h0, c0):
-    """As ``cell.lstm_forward``. Small steps run the whole time loop compiled; large ones call
-    BLAS for each step's recurrent GEMM (two threads) and one compiled kernel for its gates.
-
-    For large steps with one-hot input, the gather of W_ihᵀ + b happens inside the step's
-    kernel, on the GEMM's output while it is in cache: a (T, B, 4H) array the size of the
-    input projection is then written and read once less per layer (memory bandwidth, not
-    arithmetic, is what these steps wait on)."""
-    batch, hidden = h0.shape
-    if is_small_step(batch, hidden):
-        cache = start_forward(x, weights, h0, c0, _gather_rows)
-        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
-        _forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
-        return finish_forward(cache)
-    transposed = transposed_step_gemm(batch, hidden)
-    ids = is_ids(x) and not transposed
-    if ids:
-        cache = allocate_forward(x, weights, h0, c0)
-        table = np.ascontiguousarray(weights.weight_ih.T)  # (D, G)
-        addend = table + (weights.bias_ih + weights.bias_hh)  # (D, G) W_ihᵀ + b
-        rows = x  # (T, B) each step adds addend[ids] into the GEMM's output in gates[t]
-    else:  # the input part first, for all steps (a gather, or one GEMM)
-        cache = start_forward(x, weights, h0, c0, _gather_rows)  # gates hold x W_ihᵀ + b
-        four_h, dtype = cache.gates.shape[-1], cache.gates.dtype
-        if transposed:
-            product = np.empty((four_h, batch), dtype=dtype)  # (G, B) the GEMM's output
-            addend = product.T  # (B, G) a view, read with a stride
-        else:
-            addend = np.empty((batch, four_h), dtype=dtype)  # (B, G) the GEMM's output
-        rows = np.broadcast_to(np.arange(batch), x.shape[:2])  # (T, B) the GEMM's output, row b
-    for t in range(cache.gates.shape[0]):
-        gates = cache.gates[t]  # (B, G)
-        if transposed:
-            np.matmul(weights.weight_hh, cache.hs[t].T, out=product)  # (G, B) W_hh h_{t-1}ᵀ
-        else:
-            np.matmul(cache.hs[t], weights.weight_hh.T, out=gates if ids else addend)  # (B, G)
-        _activate_rows(
-            gates, addend, rows[t], cache.cs[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t]
-        )
-    return finish_forward(cache)
-
-
-def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
-    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. For large
-    steps the bias gradient and (for one-hot input) dW_ih are summed inside the step kernel
-    while each step's dz is in cache, not in two more passes over dgates (T, B, 4H)."""
-    dh, dc, dgates = start_backward(dy, dh_n, dc_n)
-    dy = np.ascontiguousarray(dy)
-    batch, hidden = dh.shape
-    if is_small_step(batch, hidden):
-        weight_hh = np.ascontiguousarray(weights.weight_hh)  # (G, H)
-        _backward_loop(dy, cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates)
-        dx, grads = finish_backward(dgates, cache, weights, grads, _weight_ih_grad_from_ids)
-        return dx, (dh, dc), grads
-    four_h = dgates.shape[-1]
-    bias_grad = np.zeros(four_h, dtype=dgates.dtype)  # (G,)
-    if is_ids(cache.x):
-        table_grad = np.zeros((weights.weight_ih.shape[1], four_h), dtype=dgates.dtype)  # (D, G)
-        rows = cache.x
-    else:  # nothing to scatter: every row adds into one scratch row, never read
-        table_grad = np.zeros((1, four_h), dtype=dgates.dtype)  # (1, G)
-        rows = np.zeros(dy.shape[:2], dtype=np.intp)  # (T, B)
-    transposed = transposed_step_gemm(batch, hidden)
-    if transposed:  # the GEMM writes dh_{t-1}ᵀ (H, B); the kernel reads it through dh (B, H)
-        dh_t = np.ascontiguousarray(dh.T)  # (H, B)
-        dh = dh_t.T  # (B, H) a view
-        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
-    for t in reversed(range(dy.shape[0])):
-        _gate_grads_rows(
-            cache.gates[t], dy[t], dh, dc, cache.cs[t], cache.tanh_cs[t], dgates[t],
-            bias_grad, table_grad, rows[t],
-        )  # fmt: skip
-        if transposed:
-            np.matmul(weight_hh_t, dgates[t].T, out=dh_t)  # (H, B) dh_{t-1}ᵀ = W_hhᵀ dzᵀ
-        else:
-            np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
-    dh = np.ascontiguousarray(dh)  # (B, H)
-
-    def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
-        out[...] = table_grad.T
-
-    dx, grads = finish_backward(dgates, cache, weights, grads, weight_ih_grad, bias_grad)
-    return dx, (dh, dc), grads
 
 
 @numba.njit(cache=True, error_model="numpy")
