@@ -12,22 +12,23 @@ from lstm_scratch import LSTM, backend, fast_layer, fused, ops
 from lstm_scratch.model import CharLM, ModelConfig
 
 
-@pytest.fixture(params=["compiled loop", "BLAS per step", "BLAS per step, transposed"])
+@pytest.fixture(params=["compiled loop", "1 lane", "2 lanes", "3 lanes"])
 def fast_path(request, monkeypatch):
-    """The numba backend compiles the whole time loop for small steps and calls BLAS for each
-    step's GEMM (with compiled gate kernels) for large ones, with the GEMM's output (B, 4H) or
-    transposed (4H, B) by shape; test each at any size."""
+    """The numba backend compiles the whole time loop for small steps and runs large ones on
+    lanes (threads owning slices of the hidden units); test each at any size, with one lane,
+    two, and three (uneven slices, panels cut short)."""
     small = request.param == "compiled loop"
-    transposed = request.param.endswith("transposed")
+    count = 1 if small else int(request.param.split()[0])
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: small)
-    monkeypatch.setattr(fast_layer, "transposed_step_gemm", lambda batch, hidden: transposed)
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: count)
     return request.param
 
 
 @pytest.mark.parametrize("one_hot", [False, True], ids=["dense input", "ids input"])
 @pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize(
-    ("T", "B", "D", "H", "L"), [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3)]
+    ("T", "B", "D", "H", "L"),
+    [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3), (3, 13, 5, 64, 2)],
 )
 def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance, fast_path, one_hot):
     rng = np.random.default_rng(T + B + H)

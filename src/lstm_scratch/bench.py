@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from . import backend as backends
 from .errors import ConfigError
 
 
@@ -124,8 +125,10 @@ def machine_info() -> dict:
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
-    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    return {"cpus": os.cpu_count(), "blas": blas, "openblas_env": env, "numpy": np.__version__}
+    names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
+    env = {k: os.environ.get(k) for k in names}
+    return {"cpus": os.cpu_count(), "blas": blas, "openblas_env": env, "numpy": np.__version__,
+            "step_lanes": backends.step_lanes()}  # fmt: skip
 
 
 def gemm_peak_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -> float:
@@ -249,6 +252,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"machine: {m['cpus']} cpus; numpy {m['numpy']}; BLAS {blas}; "
         f"OPENBLAS_CORETYPE={m['openblas_env']['OPENBLAS_CORETYPE']}; "
+        f"OPENBLAS_THREAD_TIMEOUT={m['openblas_env'].get('OPENBLAS_THREAD_TIMEOUT')}; "
+        f"lanes {m.get('step_lanes')}; "
         f"float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s (best of "
         + ", ".join(f"{p:.0f}" for p in report["gemm_peak_samples"])
         + ")",

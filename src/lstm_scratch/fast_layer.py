@@ -1,26 +1,28 @@
 """The numba backend's layer: one LSTM layer forward and backward, and the loss, in Python
-around the compiled kernels of ``fused.py`` (which holds everything numba compiles).
+around the compiled kernels of ``fused.py`` and ``lanes.py``.
 
 Same equations, shapes and cache as ``cell.py`` (the readable reference; tests hold this one to
 it). Small steps (``backend.is_small_step``) run each layer's whole time loop compiled, the
-recurrent matrix product included; large ones call BLAS (two threads) for each step's recurrent
-GEMM and one compiled kernel for the step's gate arithmetic. The all-timestep GEMMs stay in
-BLAS (``cell.start_forward`` / ``finish_backward``). Letters: T time, B batch, D input,
-H hidden, G = 4H gates.
+recurrent matrix product included, on one thread. Large ones run it on a few threads, each
+owning a slice of the hidden units, with the recurrent GEMM over weights packed once per call
+(``lanes.py``). The all-timestep GEMMs stay in BLAS (``cell.start_forward`` /
+``finish_backward``). Letters: T time, B batch, D input, H hidden, G = 4H gates.
 
 Large steps wait on memory more than on arithmetic: at T 100, B 64, H 256 the (T, B, G) gate
-arrays are 26 MB each, beyond every cache. So the step kernels do the all-timestep work that
-touches one step's rows while those rows are in cache: with one-hot input the forward kernel
-adds the input's row of W_ihᵀ + b to the GEMM's output (no gather over (T, B, G) first), and
-the backward kernel sums the bias gradient and scatters dW_ih (no two more passes over dgates).
+arrays are 26 MB each, beyond every cache. So the lanes do the all-timestep work that touches
+one step's rows while those rows are in cache: with one-hot input the forward adds the input's
+row of W_ihᵀ + b to the GEMM's output (no gather over (T, B, G) first), and the backward sums
+the bias gradient and scatters dW_ih (no two more passes over dgates).
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from . import fused
-from .backend import is_small_step, transposed_step_gemm
+from . import fused, lanes
+from .backend import is_small_step, step_lanes
 from .cell import (
     LayerCache,
     LayerWeights,
@@ -54,14 +56,8 @@ def cross_entropy(logits, targets, reduction="mean"):
 
 
 def lstm_forward(x, weights: LayerWeights, h0, c0):
-    """As ``cell.lstm_forward``. Small steps run the whole time loop compiled; large ones call
-    BLAS for each step's recurrent GEMM (two threads) and one compiled kernel for its gates.
-
-    For large steps with one-hot input, the gather of W_ihᵀ + b happens inside the step's
-    kernel, on the GEMM's output while it is in cache: a (T, B, 4H) array the size of the
-    input projection is then written and read once less per layer (memory bandwidth, not
-    arithmetic, is what these steps wait on). Not with a transposed GEMM output
-    (``backend.transposed_step_gemm``): there the gather comes first, over all steps."""
+    """As ``cell.lstm_forward``. Small steps run the whole time loop compiled on one thread;
+    large ones on ``backend.step_lanes()`` threads (``lanes.forward_lane``)."""
     batch, hidden = h0.shape
     vocab = weights.weight_ih.shape[1]
     if is_ids(x) and x.size and (x.min() < 0 or x.max() >= vocab):  # the compiled gathers
@@ -71,38 +67,11 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
         weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
         fused.forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
         return finish_forward(cache)
-    transposed = transposed_step_gemm(batch, hidden)
-    ids = is_ids(x) and not transposed
-    if ids:
-        cache = allocate_forward(x, weights, h0, c0)
-        table = np.ascontiguousarray(weights.weight_ih.T)  # (D, G)
-        addend = table + (weights.bias_ih + weights.bias_hh)  # (D, G) W_ihᵀ + b
-        rows = x  # (T, B) each step adds addend[ids] into the GEMM's output in gates[t]
-    else:  # the input part first, for all steps (a gather, or one GEMM)
-        cache = start_forward(x, weights, h0, c0, fused.gather_rows)  # gates hold x W_ihᵀ + b
-        four_h, dtype = cache.gates.shape[-1], cache.gates.dtype
-        if transposed:
-            product = np.empty((four_h, batch), dtype=dtype)  # (G, B) the GEMM's output
-            addend = product.T  # (B, G) a view, read with a stride
-        else:
-            addend = np.empty((batch, four_h), dtype=dtype)  # (B, G) the GEMM's output
-        rows = np.broadcast_to(np.arange(batch), x.shape[:2])  # (T, B) the GEMM's output, row b
-    for t in range(cache.gates.shape[0]):
-        gates = cache.gates[t]  # (B, G)
-        if transposed:
-            np.matmul(weights.weight_hh, cache.hs[t].T, out=product)  # (G, B) W_hh h_{t-1}ᵀ
-        else:
-            np.matmul(cache.hs[t], weights.weight_hh.T, out=gates if ids else addend)  # (B, G)
-        fused.activate_rows(
-            gates, addend, rows[t], cache.cs[t], cache.cs[t + 1], cache.hs[t + 1], cache.tanh_cs[t]
-        )
-    return finish_forward(cache)
+    return _forward_on_lanes(x, weights, h0, c0, step_lanes())
 
 
 def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
-    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. For large
-    steps the bias gradient and (for one-hot input) dW_ih are summed inside the step kernel
-    while each step's dz is in cache, not in two more passes over dgates (T, B, 4H)."""
+    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``."""
     dh, dc, dgates = start_backward(dy, dh_n, dc_n)
     dy = np.ascontiguousarray(dy)
     batch, hidden = dh.shape
@@ -111,29 +80,102 @@ def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=
         fused.backward_loop(dy, cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates)
         dx, grads = finish_backward(dgates, cache, weights, grads, _weight_ih_grad_from_ids)
         return dx, (dh, dc), grads
-    # The sums over T·B rows are kept in float64 (np.sum's pairwise sum is as exact in float32)
-    four_h = dgates.shape[-1]
-    bias_grad = np.zeros(four_h, dtype=np.float64)  # (G,)
+    return _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, step_lanes())
+
+
+def lane_bounds(hidden, count, span):
+    """Unit ranges of ``count`` lanes: [bounds[k], bounds[k+1]) for lane k, as even as can be,
+    on panel boundaries (multiples of ``span``) where that leaves every lane some units."""
+    count = max(1, min(count, hidden))
+    bounds = [k * hidden // count for k in range(count + 1)]
+    for k in range(1, count):
+        snapped = round(bounds[k] / span) * span
+        if bounds[k - 1] < snapped < bounds[k + 1]:
+            bounds[k] = snapped
+    return bounds
+
+
+def _pack_rows(weight, first, last, span):
+    """W_hh (G, H) rows gate·H + first…last-1, zero-padded to whole panels of ``span`` rows,
+    each panel transposed: (4·P, H, span), for ``lanes.forward_lane``."""
+    hidden = weight.shape[1]
+    units, per_gate = last - first, -(-(last - first) // span)
+    padded = np.zeros((4, per_gate * span, hidden), dtype=weight.dtype)  # (4, P·span, H)
+    for gate in range(4):
+        padded[gate, :units] = weight[gate * hidden + first : gate * hidden + last]
+    panels = padded.reshape(4 * per_gate, span, hidden)  # (4P, span, H)
+    return np.ascontiguousarray(panels.transpose(0, 2, 1))  # (4P, H, span)
+
+
+def _pack_columns(weight, first, last, span):
+    """W_hh (G, H) columns first…last-1, zero-padded to whole panels: (P, G, span), for
+    ``lanes.backward_lane``."""
+    four_h = weight.shape[0]
+    units, count = last - first, -(-(last - first) // span)
+    padded = np.zeros((four_h, count * span), dtype=weight.dtype)  # (G, P·span)
+    padded[:, :units] = weight[:, first:last]
+    panels = padded.reshape(four_h, count, span)  # (G, P, span)
+    return np.ascontiguousarray(panels.transpose(1, 0, 2))  # (P, G, span)
+
+
+def _run_lanes(kernel, bounds, packed, *args):
+    """kernel(lane, first, last, packed[lane], *args, flags) on one thread per lane, lane 0 on
+    this one. A lane that fails releases the others from the barrier; its error is raised."""
+    count = len(bounds) - 1
+    flags = np.zeros(count, dtype=np.int64)  # (lanes,) the step each lane has reached
+    errors = []
+
+    def lane(k):
+        try:
+            kernel(k, bounds[k], bounds[k + 1], packed[k], *args, flags)
+        except BaseException as error:  # let the other lanes finish, then raise it here
+            flags[:] = np.iinfo(np.int64).max
+            errors.append(error)
+
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(1, count)]
+    for thread in threads:
+        thread.start()
+    lane(0)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _forward_on_lanes(x, weights, h0, c0, count):
+    """``lstm_forward`` for large steps on ``count`` lanes (``lanes.forward_lane``)."""
+    hidden = h0.shape[1]
+    if is_ids(x):
+        cache = allocate_forward(x, weights, h0, c0)
+        table = np.ascontiguousarray(weights.weight_ih.T) + (weights.bias_ih + weights.bias_hh)
+        rows = np.ascontiguousarray(x)  # (T, B) ids
+    else:
+        cache = start_forward(x, weights, h0, c0, fused.gather_rows)  # gates hold x W_ihᵀ + b
+        table, rows = None, np.zeros((x.shape[0], 0), dtype=np.intp)
+    span = lanes.panel_width(cache.gates.dtype)
+    bounds = lane_bounds(hidden, count, span)
+    packed = [_pack_rows(weights.weight_hh, bounds[k], bounds[k + 1], span)
+              for k in range(len(bounds) - 1)]  # fmt: skip
+    _run_lanes(lanes.forward_lane, bounds, packed, cache.gates, table, rows, cache.hs, cache.cs,
+               cache.tanh_cs)  # fmt: skip
+    return finish_forward(cache)
+
+
+def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
+    """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_lane``)."""
+    hidden, four_h = dh.shape[1], dgates.shape[-1]
+    bias_grad = np.zeros(four_h, dtype=np.float64)  # (G,) sums over T·B rows, in float64
     if is_ids(cache.x):
         table_grad = np.zeros((weights.weight_ih.shape[1], four_h), dtype=np.float64)  # (D, G)
-        rows = cache.x  # (T, B)
-    else:  # dW_ih comes from one GEMM in finish_backward
-        table_grad, rows = None, np.empty((dy.shape[0], 0), dtype=np.intp)  # rows unused
-    transposed = transposed_step_gemm(batch, hidden)
-    if transposed:  # the GEMM writes dh_{t-1}ᵀ (H, B); the kernel reads it through dh (B, H)
-        dh_t = np.ascontiguousarray(dh.T)  # (H, B)
-        dh = dh_t.T  # (B, H) a view
-        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (H, G)
-    for t in reversed(range(dy.shape[0])):
-        fused.gate_grads_rows(
-            cache.gates[t], dy[t], dh, dc, cache.cs[t], cache.tanh_cs[t], dgates[t],
-            bias_grad, table_grad, rows[t],
-        )  # fmt: skip
-        if transposed:
-            np.matmul(weight_hh_t, dgates[t].T, out=dh_t)  # (H, B) dh_{t-1}ᵀ = W_hhᵀ dzᵀ
-        else:
-            np.matmul(dgates[t], weights.weight_hh, out=dh)  # (B, H) dh_{t-1} = dz W_hh
-    dh = np.ascontiguousarray(dh)  # (B, H)
+        rows = np.ascontiguousarray(cache.x)  # (T, B)
+    else:
+        table_grad, rows = None, np.zeros((dy.shape[0], 0), dtype=np.intp)
+    span = lanes.panel_width(dgates.dtype)
+    bounds = lane_bounds(hidden, count, span)
+    packed = [_pack_columns(weights.weight_hh, bounds[k], bounds[k + 1], span)
+              for k in range(len(bounds) - 1)]  # fmt: skip
+    _run_lanes(lanes.backward_lane, bounds, packed, np.ascontiguousarray(dy), cache.gates,
+               cache.cs, cache.tanh_cs, dh, dc, dgates, bias_grad, table_grad, rows)  # fmt: skip
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T

@@ -1,10 +1,12 @@
-"""Everything the numba backend compiles: the gate arithmetic of one step (forward and backward),
-whole time loops for small steps, the one-hot gather and scatter, softmax cross-entropy, and the
-Adam update. ``fast_layer.py`` calls these around BLAS; ``cell.py`` is the readable reference
-both are held to. Letters: T time, B batch, D input, H hidden, G = 4H gates.
+"""What the numba backend compiles, but for the large-step lanes (``lanes.py``): the gate
+arithmetic (forward and backward), whole time loops for small steps, the one-hot gather and
+scatter, softmax cross-entropy, and the Adam update. ``fast_layer.py`` calls these around
+BLAS; ``cell.py`` is the readable reference both are held to. Letters: T time, B batch,
+D input, H hidden, G = 4H gates.
 
-Everything compiled lives in this one file: numba's cache checks only the file that defines a
-function for staleness, so a helper inlined from another file could stay stale after an edit.
+numba's cache checks only the file that defines a function for staleness, so a helper inlined
+from another file could stay stale after an edit: ``lanes.py``, which inlines the gate
+arithmetic from here, carries this file's hash (a test keeps it current).
 
 Vectorisable sigmoid and tanh. A call to libm's ``exp`` in a numba loop stays a scalar call, one
 element at a time (numba vectorises it only with Intel's SVML, which pip's llvmlite does not
@@ -127,27 +129,35 @@ def tanh(z):
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _activate(z, c_prev, c, h, tanh_c):
     """One row of one step: z (G,) arrives holding the pre-activations and leaves holding
-    i, f, g, o; writes c, h, tanh(c) (H,) from c_prev (H,).
+    i, f, g, o; writes c, h, tanh(c) (H,) from c_prev (H,)."""
+    hidden = c.size
+    zi, zf = z[:hidden], z[hidden : 2 * hidden]
+    zg, zo = z[2 * hidden : 3 * hidden], z[3 * hidden :]
+    activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
+    """``_activate`` for some hidden units, each gate's pre-activations (n,) apart.
 
     One short loop per kind of work, each over contiguous memory and indexed by its counter
     alone, so LLVM vectorises every one (measured: 2x faster in float32 than one loop doing all
     of it; and an index like z[hidden + j] makes numba test for negative indices at each
     element, which alone stops vectorisation).
     """
-    hidden = c.size
-    z_if, zg, zo = z[: 2 * hidden], z[2 * hidden : 3 * hidden], z[3 * hidden :]
-    for j in range(2 * hidden):  # i and f sit side by side
-        z_if[j] = sigmoid(z_if[j])
-    for j in range(hidden):
+    for j in range(c.size):
+        zi[j] = sigmoid(zi[j])
+    for j in range(c.size):
+        zf[j] = sigmoid(zf[j])
+    for j in range(c.size):
         zg[j] = tanh(zg[j])
-    for j in range(hidden):
+    for j in range(c.size):
         zo[j] = sigmoid(zo[j])
-    zi, zf = z[:hidden], z[hidden : 2 * hidden]
-    for j in range(hidden):
+    for j in range(c.size):
         c[j] = zf[j] * c_prev[j] + zi[j] * zg[j]
-    for j in range(hidden):
+    for j in range(c.size):
         tanh_c[j] = tanh(c[j])
-    for j in range(hidden):
+    for j in range(c.size):
         h[j] = zo[j] * tanh_c[j]
 
 
@@ -155,16 +165,18 @@ def _activate(z, c_prev, c, h, tanh_c):
 def _gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
     """One row of one step backward: a (G,) the activated gates; dh, dc (H,) arrive as the
     gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'."""
-    hidden = dh.size
-    ai, af, ag, ao = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden], a[3 * hidden :]
-    di, df, dg, do = (
-        dz[:hidden],
-        dz[hidden : 2 * hidden],
-        dz[2 * hidden : 3 * hidden],
-        dz[3 * hidden :],
-    )
+    n = dh.size
+    gate_grads_units(
+        a[:n], a[n : 2 * n], a[2 * n : 3 * n], a[3 * n :], dy, dh, dc, c_prev, tanh_c,
+        dz[:n], dz[n : 2 * n], dz[2 * n : 3 * n], dz[3 * n :],
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def gate_grads_units(ai, af, ag, ao, dy, dh, dc, c_prev, tanh_c, di, df, dg, do):
+    """``_gate_grads`` for some hidden units, each gate's values (n,) apart."""
     one = like(dh[0], 1.0)  # (the literal 1 would promote float32 to float64)
-    for j in range(hidden):
+    for j in range(dh.size):
         i, f, g, o = ai[j], af[j], ag[j], ao[j]
         dh_j = dh[j] + dy[j]
         dc_j = dc[j] + dh_j * o * (one - tanh_c[j] * tanh_c[j])
@@ -206,37 +218,6 @@ def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
                 dz_k = dz[k]
                 for j in range(hidden):
                     dh[b, j] += dz_k * weight_hh[k, j]
-
-
-@numba.njit(cache=True, error_model="numpy")
-def activate_rows(z, table, rows, c_prev, c, h, tanh_c):
-    """``_activate`` for each of B rows of one step, after adding table[rows[b]] (G,) into
-    z[b] (G,): the two parts of the pre-activation. Either z holds h_{t-1} W_hhᵀ and table is
-    W_ihᵀ + b (D, G), rows the ids (one-hot input, gathered here); or z holds x_t W_ihᵀ + b and
-    table is h_{t-1} W_hhᵀ (B, G) (possibly a strided view), rows 0…B-1. c_prev, c, h, tanh_c
-    are (B, H)."""
-    for b in range(z.shape[0]):
-        z_b, source = z[b], table[rows[b]]
-        for g in range(z_b.size):
-            z_b[g] += source[g]
-        _activate(z_b, c_prev[b], c[b], h[b], tanh_c[b])
-
-
-@numba.njit(cache=True, error_model="numpy")
-def gate_grads_rows(a, dy, dh, dc, c_prev, tanh_c, dz, bias_grad, table_grad, rows):
-    """``_gate_grads`` for each of B rows of one step: a, dz (B, G), the others (B, H). Also
-    adds each dz[b] into bias_grad (G,) and, unless table_grad is None, into
-    table_grad[rows[b]] (G,) (dW_ihᵀ (D, G) for one-hot input, rows the ids), while dz[b] is
-    in cache. The sums may be float64 for float32 dz (numba compiles the None case apart)."""
-    for b in range(a.shape[0]):
-        dz_b = dz[b]
-        _gate_grads(a[b], dy[b], dh[b], dc[b], c_prev[b], tanh_c[b], dz_b)
-        for g in range(dz_b.size):
-            bias_grad[g] += dz_b[g]
-        if table_grad is not None:
-            target = table_grad[rows[b]]
-            for g in range(dz_b.size):
-                target[g] += dz_b[g]
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -1,0 +1,99 @@
+"""The large-step lanes (lanes.py): the packed GEMM kernel, the unit split, the barrier's
+failure path, the thread count, and the cache stamp. Their results against the reference
+layer are in test_backends.py (the fast_path fixture)."""
+
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
+
+from lstm_scratch import backend, fast_layer, fused, lanes
+
+
+def test_lanes_carry_the_hash_of_the_file_they_inline_from():
+    """numba's cache of lanes.py does not see edits to fused.py; the stamp forces an edit here."""
+    digest = hashlib.sha256(Path(fused.__file__).read_bytes()).hexdigest()
+    assert lanes.FUSED_SHA256 == digest, "fused.py changed: set lanes.FUSED_SHA256 to its hash"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 13])
+@pytest.mark.parametrize("width", ["full", "narrower"])
+def test_panel_product_equals_matmul(dtype, accumulate, rows, width):
+    rng = np.random.default_rng(rows)
+    span = lanes.panel_width(dtype)
+    used = span if width == "full" else span - 3
+    depth, col = 37, 5
+    a = rng.normal(size=(rows, depth)).astype(dtype)  # (R, K)
+    panel = np.zeros((depth, span), dtype=dtype)  # (K, PANEL) zero-padded beyond `used`
+    panel[:, :used] = rng.normal(size=(depth, used))
+    out = rng.normal(size=(rows, col + span + 2)).astype(dtype)
+    expected = out.copy()
+    product = a.astype(np.float64) @ panel[:, :used].astype(np.float64)
+    expected[:, col : col + used] = product + (expected[:, col : col + used] if accumulate else 0)
+    lanes._product(a, panel, out, col, used, accumulate)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)  # rest untouched
+
+
+@given(st.integers(1, 600), st.integers(1, 8), st.sampled_from([8, 16]))
+def test_lane_bounds_split_all_units_into_non_empty_slices(hidden, count, span):
+    bounds = fast_layer.lane_bounds(hidden, count, span)
+    assert bounds[0] == 0 and bounds[-1] == hidden
+    assert len(bounds) == min(count, hidden) + 1
+    assert all(a < b for a, b in itertools.pairwise(bounds))
+    if hidden % (span * count) == 0:  # even slices of whole panels
+        assert all(b % span == 0 for b in bounds)
+
+
+def test_a_failing_lane_releases_the_others_and_its_error_is_raised():
+    def kernel(lane, first, last, packed, flags):
+        if lane == 1:
+            raise ValueError("lane 1 failed")
+        deadline = time.monotonic() + 10
+        while flags[1] < 1:  # lane 0 waits at a barrier for lane 1
+            assert time.monotonic() < deadline, "lane 0 was never released"
+            time.sleep(0.001)
+
+    with pytest.raises(ValueError, match="lane 1 failed"):
+        fast_layer._run_lanes(kernel, [0, 4, 8], [None, None])
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
+def test_step_lanes_follow_the_blas_thread_limit(monkeypatch):
+    monkeypatch.setattr(backend, "_blas_idle_poll_short", True)  # as if imported before NumPy
+    with threadpool_limits(1, user_api="blas"):
+        assert backend.step_lanes() == 1
+    with threadpool_limits(2, user_api="blas"):
+        assert backend.step_lanes() == 2
+
+
+def _lanes_in_subprocess(code, **environment):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | environment
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    return result.stdout.split()
+
+
+def test_importing_lstm_scratch_first_shortens_openblas_idle_polling():
+    report = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), backend.step_lanes())"
+    first = _lanes_in_subprocess("from lstm_scratch import backend; import numpy; " + report)
+    assert first[0] == str(backend.BLAS_IDLE_POLL)
+    # NumPy first: OpenBLAS already polls for 0.1 s after each call, so one lane only
+    late = _lanes_in_subprocess("import numpy; from lstm_scratch import backend; " + report)
+    assert late == ["None", "1"]
+    # a value the user set is kept
+    kept = _lanes_in_subprocess("from lstm_scratch import backend; " + report,
+                                OPENBLAS_THREAD_TIMEOUT="28")  # fmt: skip
+    assert kept == ["28", "1"]
