@@ -97,3 +97,28 @@ def test_importing_lstm_scratch_first_shortens_openblas_idle_polling():
     kept = _lanes_in_subprocess("from lstm_scratch import backend; " + report,
                                 OPENBLAS_THREAD_TIMEOUT="28")  # fmt: skip
     assert kept == ["28", "1"]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_lanes_take_state_gradients_in_any_memory_order(count, monkeypatch):
+    """The GEMM kernel writes dh by rows: a column-major dh_n must not reach it as it is."""
+    from lstm_scratch import cell
+    from lstm_scratch.cell import LayerWeights
+
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: count)
+    rng = np.random.default_rng(1)
+    T, B, D, H = 3, 2, 4, 24
+    shapes = [(4 * H, D), (4 * H, H), (4 * H,), (4 * H,)]
+    weights = LayerWeights(*(rng.normal(size=shape) for shape in shapes))
+    x = rng.normal(size=(T, B, D))
+    h0, c0 = rng.normal(size=(2, B, H))
+    dy = rng.normal(size=(T, B, H))
+    dh_n, dc_n = (np.asfortranarray(rng.normal(size=(B, H))) for _ in range(2))
+    results = []
+    for layer in (cell, fast_layer):
+        _, _, cache = layer.lstm_forward(x, weights, h0, c0)
+        dx, (dh_0, dc_0), grads = layer.lstm_backward(dy, cache, weights, dh_n, dc_n)
+        results.append([dx, dh_0, dc_0, *grads])
+    for fast, reference in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(fast, reference, rtol=1e-10, atol=1e-12)

@@ -164,6 +164,7 @@ def _forward_on_lanes(x, weights, h0, c0, count):
 def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_lane``)."""
     hidden, four_h = dh.shape[1], dgates.shape[-1]
+    dh, dc = np.ascontiguousarray(dh), np.ascontiguousarray(dc)  # the kernel writes dh's rows
     bias_grad = np.zeros(four_h, dtype=np.float64)  # (G,) sums over T·B rows, in float64
     if is_ids(cache.x):
         table_grad = np.zeros((weights.weight_ih.shape[1], four_h), dtype=np.float64)  # (D, G)
