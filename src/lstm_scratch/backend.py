@@ -45,7 +45,8 @@ def shorten_blas_idle_poll() -> None:
     0.4 ms after a call (by default they poll, holding a core, for 2^28 cycles, ~0.1 s).
 
     The step lanes (``step_lanes``) run right after BLAS calls, on the same cores: with the
-    default, a training step at H 256, B 64 measured 85 ms instead of 37 ms in its lanes.
+    default, one layer's forward at H 256, B 64, T 100 on two lanes measured 85-90 ms right
+    after a 1024² GEMM, against 44-46 ms with nothing before it.
     OpenBLAS reads the variable once, when NumPy loads it; where NumPy was imported first
     without it, the lanes keep to one thread."""
     global _blas_idle_poll_short

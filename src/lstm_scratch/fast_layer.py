@@ -95,27 +95,23 @@ def lane_bounds(hidden, count, span):
     return bounds
 
 
-def _pack_rows(weight, first, last, span):
-    """W_hh (G, H) rows gate·H + first…last-1, zero-padded to whole panels of ``span`` rows,
-    each panel transposed: (4·P, H, span), for ``lanes.forward_lane``."""
-    hidden = weight.shape[1]
-    units, per_gate = last - first, -(-(last - first) // span)
-    padded = np.zeros((4, per_gate * span, hidden), dtype=weight.dtype)  # (4, P·span, H)
-    for gate in range(4):
-        padded[gate, :units] = weight[gate * hidden + first : gate * hidden + last]
-    panels = padded.reshape(4 * per_gate, span, hidden)  # (4P, span, H)
-    return np.ascontiguousarray(panels.transpose(0, 2, 1))  # (4P, H, span)
-
-
-def _pack_columns(weight, first, last, span):
-    """W_hh (G, H) columns first…last-1, zero-padded to whole panels: (P, G, span), for
-    ``lanes.backward_lane``."""
-    four_h = weight.shape[0]
+def _pack_columns(matrix, first, last, span):
+    """Columns first…last-1 of a (K, N) matrix, zero-padded to whole panels of ``span``
+    columns: (P, K, span). For ``lanes.backward_lane``, of W_hh (G, H)."""
+    depth = matrix.shape[0]
     units, count = last - first, -(-(last - first) // span)
-    padded = np.zeros((four_h, count * span), dtype=weight.dtype)  # (G, P·span)
-    padded[:, :units] = weight[:, first:last]
-    panels = padded.reshape(four_h, count, span)  # (G, P, span)
-    return np.ascontiguousarray(panels.transpose(1, 0, 2))  # (P, G, span)
+    padded = np.zeros((depth, count * span), dtype=matrix.dtype)  # (K, P·span)
+    padded[:, :units] = matrix[:, first:last]
+    panels = padded.reshape(depth, count, span)  # (K, P, span)
+    return np.ascontiguousarray(panels.transpose(1, 0, 2))  # (P, K, span)
+
+
+def _pack_rows(weight, first, last, span):
+    """W_hh (G, H) rows gate·H + first…last-1 as panels of each gate's W_hhᵀ (H, H):
+    (4·P, H, span), for ``lanes.forward_lane``."""
+    hidden = weight.shape[1]
+    per_gate = weight.reshape(4, hidden, hidden)  # (4, H, H) i, f, g, o
+    return np.concatenate([_pack_columns(w.T, first, last, span) for w in per_gate])
 
 
 def _run_lanes(kernel, bounds, packed, *args):

@@ -214,6 +214,7 @@ def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs,
     steps, batch, four_h = gates.shape
     hidden, per_gate = four_h // 4, packed.shape[0] // 4
     span = packed.shape[2]
+    own = slice(first, last)
     for t in range(steps):
         z, h_prev = gates[t], hs[t]  # (B, G), (B, H)
         for p in range(packed.shape[0]):
@@ -226,8 +227,7 @@ def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs,
             if table is not None:
                 source = table[rows[t, b]].reshape(4, hidden)  # (4, H)
                 for gate in range(4):
-                    _add_into(z_b[gate, first:last], source[gate, first:last])
-            own = slice(first, last)
+                    _add_into(z_b[gate, own], source[gate, own])
             activate_units(
                 z_b[0, own], z_b[1, own], z_b[2, own], z_b[3, own],
                 cs[t, b, own], cs[t + 1, b, own], hs[t + 1, b, own], tanh_cs[t, b, own],
@@ -247,19 +247,20 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
     hidden = four_h // 4
     span = packed.shape[2]
     bias_4 = bias_grad.reshape(4, hidden)  # (4, H)
+    own = slice(first, last)
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             a = gates[t, b].reshape(4, hidden)  # (4, H) i, f, g, o
             dz = dgates[t, b].reshape(4, hidden)  # (4, H)
-            own = slice(first, last)
             gate_grads_units(
                 a[0, own], a[1, own], a[2, own], a[3, own], dy[t, b, own], dh[b, own], dc[b, own],
                 cs[t, b, own], tanh_cs[t, b, own], dz[0, own], dz[1, own], dz[2, own], dz[3, own],
             )  # fmt: skip
             for gate in range(4):
                 _add_into(bias_4[gate, own], dz[gate, own])
-                if table_grad is not None:
-                    target = table_grad[rows[t, b]].reshape(4, hidden)  # (4, H)
+            if table_grad is not None:
+                target = table_grad[rows[t, b]].reshape(4, hidden)  # (4, H)
+                for gate in range(4):
                     _add_into(target[gate, own], dz[gate, own])
         _arrive_and_wait(flags, lane, steps - t)  # all of dz_t is written
         for p in range(packed.shape[0]):
