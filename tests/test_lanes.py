@@ -46,6 +46,21 @@ def test_panel_product_equals_matmul(dtype, accumulate, rows, width):
     np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)  # rest untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_product_follows_the_strides_of_views(dtype):
+    """The kernel walks a's rows and the panel's rows by their strides: a transposed a and a
+    panel cut out of a wider array give the same product as contiguous copies."""
+    rng = np.random.default_rng(0)
+    span, depth, rows = lanes.panel_width(dtype), 29, 11
+    a = rng.normal(size=(depth, rows)).astype(dtype).T  # (R, K) with column stride R
+    wide = rng.normal(size=(depth, 3 * span)).astype(dtype)
+    panel = wide[:, span : 2 * span]  # (K, PANEL), row stride 3·PANEL
+    out = np.zeros((rows, span), dtype=dtype)
+    lanes._product(a, panel, out, 0, span, False)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, a.astype(np.float64) @ panel, rtol=tolerance, atol=tolerance)
+
+
 @given(st.integers(1, 600), st.integers(1, 8), st.sampled_from([8, 16]))
 def test_lane_bounds_split_all_units_into_non_empty_slices(hidden, count, span):
     bounds = fast_layer.lane_bounds(hidden, count, span)
@@ -54,6 +69,42 @@ def test_lane_bounds_split_all_units_into_non_empty_slices(hidden, count, span):
     assert all(a < b for a, b in itertools.pairwise(bounds))
     if hidden % (span * count) == 0:  # even slices of whole panels
         assert all(b % span == 0 for b in bounds)
+
+
+def test_balanced_bounds_follow_the_lanes_speeds_on_panel_boundaries(monkeypatch):
+    kernel = lanes.forward_lane
+    assert fast_layer._balanced_bounds(kernel, 256, 2, 16) == [0, 128, 256]  # nothing measured
+    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 2), np.array([0.75, 0.25]))
+    assert fast_layer._balanced_bounds(kernel, 256, 2, 16) == [0, 192, 256]
+    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([1e-9, 1e-9, 1.0]))
+    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 16, 32, 256]  # a panel each
+    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 40, 2), np.array([0.9, 0.1]))
+    assert fast_layer._balanced_bounds(kernel, 40, 2, 16) == [0, 16, 40]  # too few panels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_how_the_units_are_split(dtype, monkeypatch):
+    """Bounds on panel boundaries give every unit the same arithmetic in any lane: the same
+    bits, whatever split the speeds chose (a resumed run repeats an unbroken one)."""
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
+    steps, batch, hidden, vocab = 4, 3, 72, 7  # 72 = 4 whole panels and a narrow one (float32)
+    rng = np.random.default_rng(0)
+    shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    weights = fast_layer.LayerWeights(*(rng.normal(size=s).astype(dtype) for s in shapes))
+    x = rng.integers(0, vocab, (steps, batch))
+    h0 = rng.normal(size=(batch, hidden)).astype(dtype)
+    dy = rng.normal(size=(steps, batch, hidden)).astype(dtype)
+
+    def run(speeds):
+        for kernel in (lanes.forward_lane, lanes.backward_lane):
+            monkeypatch.setitem(fast_layer._lane_speeds, (kernel, hidden, 2), np.array(speeds))
+        y, state, cache = fast_layer.lstm_forward(x, weights, h0, h0)
+        _, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights)
+        return [y, *state, dh, dc, *grads]
+
+    for even, uneven in zip(run([0.5, 0.5]), run([0.9, 0.1]), strict=True):
+        np.testing.assert_array_equal(even, uneven)
 
 
 def test_a_failing_lane_releases_the_others_and_its_error_is_raised():

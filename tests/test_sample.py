@@ -37,11 +37,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     assert np.allclose(probs[kept], expected / expected.sum())  # renormalised, order kept
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("embed_size", [0, 4])
-def test_step_equals_forward_one_step_at_a_time(embed_size):
-    """model.step (no cache, used for generation) computes what forward computes."""
+def test_step_equals_forward_one_step_at_a_time(embed_size, backend):
+    """model.step (no cache, used for generation) computes what forward computes, on either
+    backend (numba's step does its gate arithmetic in one compiled call)."""
+    if backend == "numba":
+        pytest.importorskip("numba")
     config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype="float64")
-    model = CharLM(config, seed=1)
+    model = CharLM(config, seed=1, backend=backend)
     ids = np.random.default_rng(0).integers(0, 9, (5, 3))  # (T, B)
     logits, _, _ = model.forward(ids)
     state = model.zero_state(3)

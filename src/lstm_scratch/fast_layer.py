@@ -17,7 +17,9 @@ the bias gradient and scatters dW_ih (no two more passes over dgates).
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 
 import numpy as np
 
@@ -26,10 +28,13 @@ from .backend import is_small_step, step_lanes
 from .cell import (
     LayerCache,
     LayerWeights,
+    StepBuffers,
+    StepCache,
     allocate_forward,
     finish_backward,
     finish_forward,
     is_ids,
+    new_step_buffers,
     start_backward,
     start_forward,
 )
@@ -53,6 +58,17 @@ def cross_entropy(logits, targets, reduction="mean"):
     if scale != 1.0:
         dlogits *= flat.dtype.type(scale)
     return logits.dtype.type(total * scale), dlogits
+
+
+def lstm_step_forward(gates_x, h_prev, c_prev, weight_hh, out: StepBuffers | None = None):
+    """As ``cell.lstm_step_forward`` (generation's one step): the recurrent product in BLAS,
+    the gate arithmetic in one compiled call instead of ten NumPy ones."""
+    batch, hidden = h_prev.shape
+    out = out or new_step_buffers(batch, hidden, h_prev.dtype)
+    np.matmul(h_prev, weight_hh.T, out=out.scratch)  # (B, 4H) the recurrent GEMM
+    gates = np.add(gates_x, out.scratch, out=out.gates)  # (B, 4H) pre-activations z
+    fused.activate_step(gates, np.ascontiguousarray(c_prev), out.c, out.h, out.tanh_c)
+    return out.h, out.c, StepCache(h_prev, c_prev, gates, out.tanh_c)
 
 
 def lstm_forward(x, weights: LayerWeights, h0, c0):
@@ -116,18 +132,20 @@ def _pack_rows(weight, first, last, span):
 
 def _run_lanes(kernel, bounds, packed, *args):
     """kernel(lane, first, last, packed[lane], *args, flags) on one thread per lane, lane 0 on
-    this one. A lane that fails releases the others from the barrier; its error is raised."""
+    this one. A lane that fails releases the others from the barrier; its error is raised.
+    Returns each lane's busy seconds (the call's, less its waits at the barrier)."""
     count = len(bounds) - 1
-    flags = np.zeros(count, dtype=np.int64)  # (lanes,) the step each lane has reached
+    flags = np.zeros((2, count), dtype=np.int64)  # the step each lane reached; ns it waited
     errors = []
 
     def lane(k):
         try:
             kernel(k, bounds[k], bounds[k + 1], packed[k], *args, flags)
         except BaseException as error:  # let the other lanes finish, then raise it here
-            flags[:] = np.iinfo(np.int64).max
+            flags[0] = np.iinfo(np.int64).max
             errors.append(error)
 
+    start = time.perf_counter()
     threads = [threading.Thread(target=lane, args=(k,)) for k in range(1, count)]
     for thread in threads:
         thread.start()
@@ -136,6 +154,38 @@ def _run_lanes(kernel, bounds, packed, *args):
         thread.join()
     if errors:
         raise errors[0]
+    return np.maximum(time.perf_counter() - start - flags[1] * 1e-9, 1e-9)  # (lanes,)
+
+
+_lane_speeds: dict = {}  # (kernel, H, lanes) -> each lane's units per busy second, smoothed
+
+
+def _balanced_bounds(kernel, hidden, count, span):
+    """``lane_bounds``, moved so that each lane gets units in proportion to the speed it showed
+    in earlier calls (cores here run at different speeds, and change: measured 70 to 92
+    GFLOP/s for the same kernel). Bounds stay on panel boundaries, so which lane does a unit
+    never changes its arithmetic: the results are the same for any split."""
+    bounds = lane_bounds(hidden, count, span)
+    speeds = _lane_speeds.get((kernel, hidden, count))
+    panels = hidden // span
+    if speeds is None or panels < 2 * count or any(b % span for b in bounds[1:-1]):
+        return bounds
+    cuts = np.rint(np.cumsum(speeds / speeds.sum())[:-1] * panels).astype(int)  # (lanes-1,)
+    cuts = np.clip(cuts, np.arange(1, count), panels - np.arange(count - 1, 0, -1))
+    return [0, *(int(c) * span for c in np.maximum.accumulate(cuts)), hidden]
+
+
+def _run_balanced(kernel, hidden, count, span, pack, *args):
+    """Split the units by ``_balanced_bounds``, pack each lane's weights (``pack(first,
+    last)``), run the lanes, and fold the speeds they showed into the next calls' split."""
+    bounds = _balanced_bounds(kernel, hidden, count, span)
+    packed = [pack(first, last) for first, last in itertools.pairwise(bounds)]
+    busy = _run_lanes(kernel, bounds, packed, *args)
+    if count > 1:
+        key, speeds = (kernel, hidden, count), np.diff(bounds) / busy  # (lanes,) units per s
+        speeds /= speeds.sum()
+        previous = _lane_speeds.get(key)
+        _lane_speeds[key] = speeds if previous is None else (previous + speeds) / 2
 
 
 def _forward_on_lanes(x, weights, h0, c0, count):
@@ -149,11 +199,12 @@ def _forward_on_lanes(x, weights, h0, c0, count):
         cache = start_forward(x, weights, h0, c0, fused.gather_rows)  # gates hold x W_ihᵀ + b
         table, rows = None, np.zeros((x.shape[0], 0), dtype=np.intp)
     span = lanes.panel_width(cache.gates.dtype)
-    bounds = lane_bounds(hidden, count, span)
-    packed = [_pack_rows(weights.weight_hh, bounds[k], bounds[k + 1], span)
-              for k in range(len(bounds) - 1)]  # fmt: skip
-    _run_lanes(lanes.forward_lane, bounds, packed, cache.gates, table, rows, cache.hs, cache.cs,
-               cache.tanh_cs)  # fmt: skip
+
+    def pack(first, last):
+        return _pack_rows(weights.weight_hh, first, last, span)
+
+    _run_balanced(lanes.forward_lane, hidden, count, span, pack, cache.gates, table, rows,
+                  cache.hs, cache.cs, cache.tanh_cs)  # fmt: skip
     return finish_forward(cache)
 
 
@@ -168,14 +219,19 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     else:
         table_grad, rows = None, np.zeros((dy.shape[0], 0), dtype=np.intp)
     span = lanes.panel_width(dgates.dtype)
-    bounds = lane_bounds(hidden, count, span)
-    packed = [_pack_columns(weights.weight_hh, bounds[k], bounds[k + 1], span)
-              for k in range(len(bounds) - 1)]  # fmt: skip
-    _run_lanes(lanes.backward_lane, bounds, packed, np.ascontiguousarray(dy), cache.gates,
-               cache.cs, cache.tanh_cs, dh, dc, dgates, bias_grad, table_grad, rows)  # fmt: skip
+
+    def pack(first, last):
+        return _pack_columns(weights.weight_hh, first, last, span)
+
+    _run_balanced(lanes.backward_lane, hidden, count, span, pack, np.ascontiguousarray(dy),
+                  cache.gates, cache.cs, cache.tanh_cs, dh, dc, dgates, bias_grad, table_grad,
+                  rows)  # fmt: skip
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T
+
+    if table_grad is not None:  # each row's dz went into its id's row: their sum is the bias's
+        table_grad.sum(axis=0, out=bias_grad)
 
     dx, grads = finish_backward(dgates, cache, weights, grads, weight_ih_grad, bias_grad)
     return dx, (dh, dc), grads

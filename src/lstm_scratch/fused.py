@@ -1,8 +1,8 @@
 """What the numba backend compiles, but for the large-step lanes (``lanes.py``): the gate
-arithmetic (forward and backward), whole time loops for small steps, the one-hot gather and
-scatter, softmax cross-entropy, and the Adam update. ``fast_layer.py`` calls these around
-BLAS; ``cell.py`` is the readable reference both are held to. Letters: T time, B batch,
-D input, H hidden, G = 4H gates.
+arithmetic (forward, backward, and one step's for generation), whole time loops for small
+steps, the one-hot gather and scatter, softmax cross-entropy, and the Adam update.
+``fast_layer.py`` calls these around BLAS; ``cell.py`` is the readable reference both are
+held to. Letters: T time, B batch, D input, H hidden, G = 4H gates.
 
 numba's cache checks only the file that defines a function for staleness, so a helper inlined
 from another file could stay stale after an edit: ``lanes.py``, which inlines the gate
@@ -185,6 +185,14 @@ def gate_grads_units(ai, af, ag, ao, dy, dh, dc, c_prev, tanh_c, di, df, dg, do)
         dg[j] = dc_j * i * (one - g * g)
         do[j] = dh_j * tanh_c[j] * o * (one - o)
         dc[j] = dc_j * f
+
+
+@numba.njit(cache=True, error_model="numpy")
+def activate_step(gates, c_prev, c, h, tanh_c):
+    """One step's gate arithmetic for every row: gates (B, G) arrive holding the
+    pre-activations and leave holding i, f, g, o; writes c, h, tanh(c) (B, H)."""
+    for b in range(gates.shape[0]):
+        _activate(gates[b], c_prev[b], c[b], h[b], tanh_c[b])
 
 
 @numba.njit(cache=True, error_model="numpy")

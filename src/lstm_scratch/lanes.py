@@ -25,6 +25,8 @@ test), and an edit there forces one here, which refreshes this cache.
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -33,7 +35,7 @@ from numba.extending import intrinsic
 
 from .fused import activate_units, gate_grads_units
 
-FUSED_SHA256 = "be7525bcbbd57f185e8883445a35e774128e35a77f88b3340a58c7efaea00f34"
+FUSED_SHA256 = "d1b4202f08a00d4f70afd20babee389e2d1c2eeef7acec0ccd40fc4b81354635"
 ROWS = 6  # rows of one kernel call: 12 accumulators + 2 panel vectors + 1 broadcast ≤ 16 registers
 SPIN_BEFORE_YIELD = 2000  # barrier polls before each further poll also yields the core
 
@@ -49,8 +51,7 @@ def _pointer(context, builder, array_type, array, row, col=None):
     if col is None:
         return cgutils.get_item_pointer(context, builder, array_type, value, [row])
     offset = builder.mul(row, builder.extract_value(value.strides, 0))
-    item = context.get_constant(types.intp, context.get_abi_sizeof(value.data.type.pointee))
-    offset = builder.add(offset, builder.mul(col, item))
+    offset = builder.add(offset, builder.mul(col, builder.extract_value(value.strides, 1)))
     base = builder.bitcast(value.data, ir.IntType(8).as_pointer())
     return builder.bitcast(builder.gep(base, [offset]), value.data.type)
 
@@ -71,9 +72,12 @@ def _panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
         fma_type = ir.FunctionType(vector, [vector] * 3)
         fma_name = f"llvm.fma.v{width}{scalar.intrinsic_name}"
         fma = cgutils.get_or_insert_function(builder.module, fma_type, fma_name)
-        depth = builder.extract_value(context.make_array(a_type)(context, builder, a).shape, 1)
-        panel_data = context.make_array(panel_type)(context, builder, panel).data
-        panel_vectors = builder.bitcast(panel_data, vector.as_pointer())  # (2K,) vectors
+        a_array = context.make_array(a_type)(context, builder, a)
+        depth = builder.extract_value(a_array.shape, 1)
+        a_step = builder.extract_value(a_array.strides, 1)  # bytes from a[r, k] to a[r, k + 1]
+        panel_array = context.make_array(panel_type)(context, builder, panel)
+        panel_step = builder.extract_value(panel_array.strides, 0)
+        bytes_pointer = ir.IntType(8).as_pointer()
         undef, zero = ir.Constant(vector, ir.Undefined), ir.Constant(vector, [0.0] * width)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
 
@@ -86,24 +90,32 @@ def _panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
 
         def emit(rows):  # the K loop for this many rows, then the stores
             entry = builder.block
+            starts = [_pointer(context, builder, a_type, a, builder.add(row0, constant(r)),
+                               constant(0)) for r in range(rows)]  # fmt: skip
+            starts.append(_pointer(context, builder, panel_type, panel, constant(0), constant(0)))
+            starts = [builder.bitcast(start, bytes_pointer) for start in starts]
             loop = builder.append_basic_block(f"panel.loop{rows}")
             builder.branch(loop)
             builder.position_at_end(loop)
             k = builder.phi(index)
+            places = [builder.phi(bytes_pointer) for _ in starts]  # a[row + r, k], panel[k]
             sums = [builder.phi(vector) for _ in range(2 * rows)]  # row r: sums[2r], sums[2r+1]
-            for phi, start in zip([k, *sums], [constant(0)] + [zero] * len(sums), strict=True):
+            for phi, start in zip([k, *places, *sums], [constant(0), *starts] + [zero] * len(sums),
+                                  strict=True):  # fmt: skip
                 phi.add_incoming(start, entry)
-            first = builder.mul(k, constant(2))
-            halves = [builder.load(builder.gep(panel_vectors, [builder.add(first, constant(j))]),
-                                   align=size) for j in (0, 1)]  # fmt: skip
+            panel_row = builder.bitcast(places[-1], vector.as_pointer())  # two vectors
+            halves = [builder.load(builder.gep(panel_row, [constant(j)]), align=size)
+                      for j in (0, 1)]  # fmt: skip
             updated = []
             for r in range(rows):
-                row_r = builder.add(row0, constant(r))
-                a_rk = builder.load(_pointer(context, builder, a_type, a, row_r, k), align=size)
+                a_rk = builder.load(builder.bitcast(places[r], scalar.as_pointer()), align=size)
                 updated += [builder.call(fma, [halves[j], broadcast(a_rk), sums[2 * r + j]])
                             for j in (0, 1)]  # fmt: skip
             following = builder.add(k, constant(1))
-            for phi, value in zip([k, *sums], [following, *updated], strict=True):
+            advanced = [builder.gep(place, [a_step]) for place in places[:-1]]
+            advanced.append(builder.gep(places[-1], [panel_step]))
+            for phi, value in zip([k, *places, *sums], [following, *advanced, *updated],
+                                  strict=True):  # fmt: skip
                 phi.add_incoming(value, builder.block)
             after = builder.append_basic_block(f"panel.store{rows}")
             builder.cbranch(builder.icmp_signed("<", following, depth), loop, after)
@@ -168,16 +180,38 @@ def _sched_yield(typingctx):
     return types.void(), codegen
 
 
+@intrinsic
+def _monotonic_ns(typingctx):
+    """libc's clock_gettime(CLOCK_MONOTONIC) in nanoseconds: what the barrier waits are timed
+    with."""
+
+    def codegen(context, builder, signature, args):
+        word = ir.IntType(64)
+        timespec = ir.LiteralStructType([word, word])  # seconds, nanoseconds
+        function_type = ir.FunctionType(ir.IntType(32), [ir.IntType(32), timespec.as_pointer()])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "clock_gettime")
+        place = cgutils.alloca_once(builder, timespec)
+        builder.call(function, [ir.Constant(ir.IntType(32), time.CLOCK_MONOTONIC), place])
+        seconds, nanoseconds = (builder.load(cgutils.gep_inbounds(builder, place, 0, j))
+                                for j in (0, 1))  # fmt: skip
+        return builder.add(builder.mul(seconds, ir.Constant(word, 10**9)), nanoseconds)
+
+    return types.int64(), codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _arrive_and_wait(flags, lane, step):
-    """A barrier: lane announces it reached ``step`` and waits until every lane has."""
-    _store_release(flags, lane, step)
-    for other in range(flags.size):
+    """A barrier: lane announces it reached ``step`` in flags[0] and waits until every lane
+    has. Returns the nanoseconds it waited."""
+    start = _monotonic_ns()
+    _store_release(flags[0], lane, step)
+    for other in range(flags.shape[1]):
         polls = 0
-        while _load_acquire(flags, other) < step:
+        while _load_acquire(flags[0], other) < step:
             polls += 1
             if polls > SPIN_BEFORE_YIELD:
                 _sched_yield()
+    return _monotonic_ns() - start
 
 
 @numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -215,6 +249,7 @@ def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs,
     hidden, per_gate = four_h // 4, packed.shape[0] // 4
     span = packed.shape[2]
     own = slice(first, last)
+    waited = 0
     for t in range(steps):
         z, h_prev = gates[t], hs[t]  # (B, G), (B, H)
         for p in range(packed.shape[0]):
@@ -232,7 +267,8 @@ def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs,
                 z_b[0, own], z_b[1, own], z_b[2, own], z_b[3, own],
                 cs[t, b, own], cs[t + 1, b, own], hs[t + 1, b, own], tanh_cs[t, b, own],
             )  # fmt: skip
-        _arrive_and_wait(flags, lane, t + 1)  # all of h_t is written
+        waited += _arrive_and_wait(flags, lane, t + 1)  # all of h_t is written
+    flags[1, lane] = waited
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -242,12 +278,14 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
 
     packed (P, G, PANEL): W_hh's columns first…last-1 in panels. dh, dc (B, H) arrive as dh_T,
     dc_T and leave as dh_0, dc_0; dgates (T, B, G) is filled. The lane adds its gate columns
-    of each dz into bias_grad (G,) and, unless None, table_grad[rows[t, b]] (D, G)."""
+    of each dz into table_grad[rows[t, b]] (D, G), or into bias_grad (G,) when table_grad is
+    None (with one-hot input, the bias gradient is then table_grad's column sums)."""
     steps, batch, four_h = gates.shape
     hidden = four_h // 4
     span = packed.shape[2]
     bias_4 = bias_grad.reshape(4, hidden)  # (4, H)
     own = slice(first, last)
+    waited = 0
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             a = gates[t, b].reshape(4, hidden)  # (4, H) i, f, g, o
@@ -256,13 +294,11 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
                 a[0, own], a[1, own], a[2, own], a[3, own], dy[t, b, own], dh[b, own], dc[b, own],
                 cs[t, b, own], tanh_cs[t, b, own], dz[0, own], dz[1, own], dz[2, own], dz[3, own],
             )  # fmt: skip
-            for gate in range(4):
-                _add_into(bias_4[gate, own], dz[gate, own])
-            if table_grad is not None:
-                target = table_grad[rows[t, b]].reshape(4, hidden)  # (4, H)
-                for gate in range(4):
-                    _add_into(target[gate, own], dz[gate, own])
-        _arrive_and_wait(flags, lane, steps - t)  # all of dz_t is written
+            target = bias_4 if table_grad is None else table_grad[rows[t, b]].reshape(4, hidden)
+            for gate in range(4):  # target (4, H)
+                _add_into(target[gate, own], dz[gate, own])
+        waited += _arrive_and_wait(flags, lane, steps - t)  # all of dz_t is written
         for p in range(packed.shape[0]):
             start = first + p * span
             _product(dgates[t], packed[p], dh, start, min(span, last - start), False)
+    flags[1, lane] = waited

@@ -15,7 +15,6 @@ import numpy as np
 
 from . import backend as backends
 from . import init, ops
-from .cell import lstm_step_forward
 from .lstm import (
     StackCache,
     initialise_lstm,
@@ -124,6 +123,7 @@ class CharLM:
         """
         h, c = state  # (L, B, H) each
         h_next, c_next = np.empty_like(h), np.empty_like(c)
+        layer = backends.layer_functions(self.backend, *h.shape[1:])
         if self.config.embed_size:
             x = self.params["embedding.weight"][ids]  # (B, E)
         for k, weights in enumerate(self.layers):
@@ -133,7 +133,7 @@ class CharLM:
                 gates_x = x @ weights.weight_ih.T  # (B, 4H)
             gates_x += weights.bias_ih
             gates_x += weights.bias_hh
-            x, c_next[k], _ = lstm_step_forward(gates_x, h[k], c[k], weights.weight_hh)
+            x, c_next[k], _ = layer.lstm_step_forward(gates_x, h[k], c[k], weights.weight_hh)
             h_next[k] = x  # (B, H)
         logits = x @ self.params["decoder.weight"].T  # (B, V)
         logits += self.params["decoder.bias"]
