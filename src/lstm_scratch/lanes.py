@@ -59,8 +59,10 @@ def _pointer(context, builder, array_type, array, row, col=None):
 @intrinsic
 def _panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
     """out[row:row + rows, col:col + PANEL] (+)= a[row:row + rows] (rows, K) @ panel (K, PANEL)
-    for 1 ≤ rows ≤ ROWS; panel C-contiguous, a and out with unit column stride. For each
-    count of rows the K loop is emitted apart, with its 2·rows accumulators in registers."""
+    for 1 ≤ rows ≤ ROWS; a of any strides, panel and out with unit column stride. For each
+    count of rows the K loop is emitted apart, with its 2·rows accumulators in registers and
+    one pointer per row of a and one for the panel, each advanced by its stride (computing
+    addresses from k instead made LLVM spill broadcasts to the stack)."""
 
     def codegen(context, builder, signature, args):
         a_type, _, _, panel_type, out_type, _, _ = signature.args
