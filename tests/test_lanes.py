@@ -78,6 +78,10 @@ def test_balanced_bounds_follow_the_lanes_speeds_on_panel_boundaries(monkeypatch
     assert fast_layer._balanced_bounds(kernel, 256, 2, 16) == [0, 192, 256]
     monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([1e-9, 1e-9, 1.0]))
     assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 16, 32, 256]  # a panel each
+    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([0.5, 1e-9, 0.5]))
+    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 128, 144, 256]
+    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([1.0, 1e-9, 1e-9]))
+    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 224, 240, 256]
     monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 40, 2), np.array([0.9, 0.1]))
     assert fast_layer._balanced_bounds(kernel, 40, 2, 16) == [0, 16, 40]  # too few panels
 

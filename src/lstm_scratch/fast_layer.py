@@ -170,9 +170,12 @@ def _balanced_bounds(kernel, hidden, count, span):
     panels = hidden // span
     if speeds is None or panels < 2 * count or any(b % span for b in bounds[1:-1]):
         return bounds
-    cuts = np.rint(np.cumsum(speeds / speeds.sum())[:-1] * panels).astype(int)  # (lanes-1,)
-    cuts = np.clip(cuts, np.arange(1, count), panels - np.arange(count - 1, 0, -1))
-    return [0, *(int(c) * span for c in np.maximum.accumulate(cuts)), hidden]
+    cuts = np.rint(np.cumsum(speeds / speeds.sum()) * panels).astype(int)  # (lanes,)
+    cuts[-1], bounds = panels, [0]  # a cut after the last panel: the last lane takes the rest
+    for k in range(count - 1):  # each lane at least one panel, and one left for each after it
+        cut = min(max(int(cuts[k]), bounds[-1] // span + 1), panels - (count - 1 - k))
+        bounds.append(cut * span)
+    return [*bounds, hidden]
 
 
 def _run_balanced(kernel, hidden, count, span, pack, *args):
