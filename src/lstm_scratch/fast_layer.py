@@ -198,20 +198,23 @@ def _run_balanced(kernel, hidden, count, span, pack, *args):
 def _forward_on_lanes(x, weights, h0, c0, count):
     """``lstm_forward`` for large steps on ``count`` lanes (``lanes.forward_lane``)."""
     hidden = h0.shape[1]
+    cache = allocate_forward(x, weights, h0, c0)
+    bias = weights.bias_ih + weights.bias_hh  # (G,)
     if is_ids(x):
-        cache = allocate_forward(x, weights, h0, c0)
-        table = np.ascontiguousarray(weights.weight_ih.T) + (weights.bias_ih + weights.bias_hh)
+        table = np.ascontiguousarray(weights.weight_ih.T) + bias  # (D, G)
         rows = np.ascontiguousarray(x)  # (T, B) ids
-    else:
-        cache = start_forward(x, weights, h0, c0, fused.gather_rows)  # gates hold x W_ihᵀ + b
-        table, rows = None, np.zeros((x.shape[0], 0), dtype=np.intp)
+    else:  # x W_ihᵀ in one GEMM; the lanes add b to each row while it is in cache
+        steps, batch = x.shape[:2]
+        gates_2d = cache.gates.reshape(steps * batch, -1)  # (T·B, G)
+        np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates_2d)
+        table, rows = bias.reshape(1, -1), np.zeros((steps, batch), dtype=np.intp)  # (1, G)
     span = lanes.panel_width(cache.gates.dtype)
 
     def pack(first, last):
         return _pack_rows(weights.weight_hh, first, last, span)
 
-    _run_balanced(lanes.forward_lane, hidden, count, span, pack, cache.gates, table, rows,
-                  cache.hs, cache.cs, cache.tanh_cs)  # fmt: skip
+    _run_balanced(lanes.forward_lane, hidden, count, span, pack, cache.gates, not is_ids(x),
+                  table, rows, cache.hs, cache.cs, cache.tanh_cs)  # fmt: skip
     return finish_forward(cache)
 
 

@@ -249,12 +249,14 @@ def _product(a, panel, out, col, width, accumulate):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs, flags):
+def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags):
     """Lane ``lane``'s part of ``cell.lstm_forward``: units first…last-1 (U of them).
 
     packed (4·P, H, PANEL): W_hh's rows gate·H + units, P panels per gate, each transposed
-    (H, PANEL). gates (T, B, G) arrive holding x W_ihᵀ + b when table is None, else table
-    (D, G) is W_ihᵀ + b and rows (T, B) the ids. hs, cs (T+1, B, H) hold h_0, c_0 in row 0."""
+    (H, PANEL). gates (T, B, G) arrive holding x W_ihᵀ if has_input (dense input), else
+    nothing; row rows[t, b] of table (R, G) is added to step t's row b: W_ihᵀ + b for one-hot
+    input (rows the ids), b alone (R = 1, rows 0) for dense. hs, cs (T+1, B, H) hold h_0, c_0
+    in row 0."""
     steps, batch, four_h = gates.shape
     hidden, per_gate = four_h // 4, packed.shape[0] // 4
     span = packed.shape[2]
@@ -266,13 +268,12 @@ def forward_lane(lane, first, last, packed, gates, table, rows, hs, cs, tanh_cs,
             gate, q = p // per_gate, p % per_gate
             start = first + q * span
             width = min(span, last - start)
-            _product(h_prev, packed[p], z, gate * hidden + start, width, table is None)
+            _product(h_prev, packed[p], z, gate * hidden + start, width, has_input)
         for b in range(batch):
             z_b = z[b].reshape(4, hidden)  # (4, H) i, f, g, o
-            if table is not None:
-                source = table[rows[t, b]].reshape(4, hidden)  # (4, H)
-                for gate in range(4):
-                    _add_into(z_b[gate, own], source[gate, own])
+            source = table[rows[t, b]].reshape(4, hidden)  # (4, H)
+            for gate in range(4):
+                _add_into(z_b[gate, own], source[gate, own])
             activate_units(
                 z_b[0, own], z_b[1, own], z_b[2, own], z_b[3, own],
                 cs[t, b, own], cs[t + 1, b, own], hs[t + 1, b, own], tanh_cs[t, b, own],
