@@ -5,14 +5,17 @@ Same equations, shapes and cache as ``cell.py`` (the readable reference; tests h
 it). Small steps (``backend.is_small_step``) run each layer's whole time loop compiled, the
 recurrent matrix product included, on one thread. Large ones run it on a few threads, each
 owning a slice of the hidden units, with the recurrent GEMM over weights packed once per call
-(``lanes.py``). The all-timestep GEMMs stay in BLAS (``cell.start_forward`` /
-``finish_backward``). Letters: T time, B batch, D input, H hidden, G = 4H gates.
+(``lanes.py``), each lane's share following the speed it showed. The all-timestep GEMMs stay
+in BLAS (dense input's x W_ihᵀ, and ``cell.finish_backward``). Generation's one step
+(``lstm_step_forward``) is BLAS plus one compiled call. Letters: T time, B batch, D input,
+H hidden, G = 4H gates.
 
 Large steps wait on memory more than on arithmetic: at T 100, B 64, H 256 the (T, B, G) gate
 arrays are 26 MB each, beyond every cache. So the lanes do the all-timestep work that touches
-one step's rows while those rows are in cache: with one-hot input the forward adds the input's
-row of W_ihᵀ + b to the GEMM's output (no gather over (T, B, G) first), and the backward sums
-the bias gradient and scatters dW_ih (no two more passes over dgates).
+one step's rows while those rows are in cache: the forward adds each row's W_ihᵀ row + b
+(one-hot input: no gather over (T, B, G) first) or b (dense: no pass after the GEMM), and the
+backward scatters dW_ih (one-hot; the bias gradient is then its column sums) or sums the bias
+gradient (dense), instead of more passes over dgates.
 """
 
 from __future__ import annotations
