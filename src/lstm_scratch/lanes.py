@@ -228,8 +228,8 @@ def _product(a, panel, out, col, width, accumulate):
     beyond width. Full panels go to the register kernel, ROWS rows at a time but for the last
     rows: those are split so that no call gets fewer than 4 where that can be (32 rows: 6, 6,
     6, 6, 4, 4, not 6, …, 2), since a call's 2·rows multiply-adds per k must cover the FMA
-    units' latency (measured, (32, 512) @ (512, 512) alone, best of 30, four alternating pairs:
-    81–85 → 85–87 GFLOP/s)."""
+    units' latency (measured, (32, 512) @ (512, 512) alone, best of 30, six alternating pairs:
+    66–85 → 76–90 GFLOP/s, ahead in five)."""
     if width == panel.shape[1]:
         row = 0
         while row < a.shape[0]:
