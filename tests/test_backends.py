@@ -12,15 +12,18 @@ from lstm_scratch import LSTM, backend, fast_layer, fused, ops
 from lstm_scratch.model import CharLM, ModelConfig
 
 
-@pytest.fixture(params=["compiled loop", "1 lane", "2 lanes", "3 lanes"])
+@pytest.fixture(params=["compiled loop", "1 lane", "2 lanes", "3 lanes", "2 row lanes",
+                        "3 row lanes"])  # fmt: skip
 def fast_path(request, monkeypatch):
     """The numba backend compiles the whole time loop for small steps and runs large ones on
-    lanes (threads owning slices of the hidden units); test each at any size, with one lane,
-    two, and three (uneven slices, panels cut short)."""
+    lanes (threads owning slices of the hidden units, or rows of the batch); test each at any
+    size, with one lane, two, and three (uneven slices, panels cut short)."""
     small = request.param == "compiled loop"
     count = 1 if small else int(request.param.split()[0])
+    by_rows = "row" in request.param
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: small)
     monkeypatch.setattr(fast_layer, "step_lanes", lambda: count)
+    monkeypatch.setattr(fast_layer, "ROWS_PER_LANE", 1 if by_rows else 10**9)
     return request.param
 
 

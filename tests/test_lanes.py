@@ -1,6 +1,6 @@
-"""The large-step lanes (lanes.py): the packed GEMM kernel, the unit split, the barrier's
-failure path, the thread count, and the cache stamp. Their results against the reference
-layer are in test_backends.py (the fast_path fixture)."""
+"""The large-step lanes (lanes.py, kernel.py): the packed GEMM kernel, the unit and row
+splits, the barrier's failure path, the thread count, and the cache stamp. Their results
+against the reference layer are in test_backends.py (the fast_path fixture)."""
 
 import hashlib
 import itertools
@@ -16,13 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from lstm_scratch import backend, fast_layer, fused, lanes
+from lstm_scratch import backend, fast_layer, fused, kernel, lanes
 
 
-def test_lanes_carry_the_hash_of_the_file_they_inline_from():
-    """numba's cache of lanes.py does not see edits to fused.py; the stamp forces an edit here."""
-    digest = hashlib.sha256(Path(fused.__file__).read_bytes()).hexdigest()
-    assert lanes.FUSED_SHA256 == digest, "fused.py changed: set lanes.FUSED_SHA256 to its hash"
+def test_lanes_carry_the_hashes_of_the_files_they_inline_from():
+    """numba's cache of lanes.py does not see edits to fused.py or kernel.py; the stamp forces
+    an edit here."""
+    for module in (fused, kernel):
+        path = Path(module.__file__)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert lanes.INLINED_SHA256[path.name] == digest, f"{path.name} changed: update its hash"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -31,7 +34,7 @@ def test_lanes_carry_the_hash_of_the_file_they_inline_from():
 @pytest.mark.parametrize("width", ["full", "narrower"])
 def test_panel_product_equals_matmul(dtype, accumulate, rows, width):
     rng = np.random.default_rng(rows)
-    span = lanes.panel_width(dtype)
+    span = kernel.panel_width(dtype)
     used = span if width == "full" else span - 3
     depth, col = 37, 5
     a = rng.normal(size=(rows, depth)).astype(dtype)  # (R, K)
@@ -41,7 +44,7 @@ def test_panel_product_equals_matmul(dtype, accumulate, rows, width):
     expected = out.copy()
     product = a.astype(np.float64) @ panel[:, :used].astype(np.float64)
     expected[:, col : col + used] = product + (expected[:, col : col + used] if accumulate else 0)
-    lanes._product(a, panel, out, col, used, accumulate)
+    kernel.product(a, panel, out, col, used, accumulate)
     tolerance = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)  # rest untouched
 
@@ -51,12 +54,12 @@ def test_panel_product_follows_the_strides_of_views(dtype):
     """The kernel walks a's rows and the panel's rows by their strides: a transposed a and a
     panel cut out of a wider array give the same product as contiguous copies."""
     rng = np.random.default_rng(0)
-    span, depth, rows = lanes.panel_width(dtype), 29, 11
+    span, depth, rows = kernel.panel_width(dtype), 29, 11
     a = rng.normal(size=(depth, rows)).astype(dtype).T  # (R, K) with column stride R
     wide = rng.normal(size=(depth, 3 * span)).astype(dtype)
     panel = wide[:, span : 2 * span]  # (K, PANEL), row stride 3·PANEL
     out = np.zeros((rows, span), dtype=dtype)
-    lanes._product(a, panel, out, 0, span, False)
+    kernel.product(a, panel, out, 0, span, False)
     tolerance = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(out, a.astype(np.float64) @ panel, rtol=tolerance, atol=tolerance)
 
@@ -72,27 +75,31 @@ def test_lane_bounds_split_all_units_into_non_empty_slices(hidden, count, span):
 
 
 def test_balanced_bounds_follow_the_lanes_speeds_on_panel_boundaries(monkeypatch):
-    kernel = lanes.forward_lane
-    assert fast_layer._balanced_bounds(kernel, 256, 2, 16) == [0, 128, 256]  # nothing measured
-    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 2), np.array([0.75, 0.25]))
-    assert fast_layer._balanced_bounds(kernel, 256, 2, 16) == [0, 192, 256]
-    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([1e-9, 1e-9, 1.0]))
-    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 16, 32, 256]  # a panel each
-    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([0.5, 1e-9, 0.5]))
-    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 128, 144, 256]
-    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 256, 3), np.array([1.0, 1e-9, 1e-9]))
-    assert fast_layer._balanced_bounds(kernel, 256, 3, 16) == [0, 224, 240, 256]
-    monkeypatch.setitem(fast_layer._lane_speeds, (kernel, 40, 2), np.array([0.9, 0.1]))
-    assert fast_layer._balanced_bounds(kernel, 40, 2, 16) == [0, 16, 40]  # too few panels
+    lane = lanes.forward_lane
+    assert fast_layer._balanced_bounds(lane, 256, 2, 16) == [0, 128, 256]  # nothing measured
+    monkeypatch.setitem(fast_layer._lane_speeds, (lane, 256, 2), np.array([0.75, 0.25]))
+    assert fast_layer._balanced_bounds(lane, 256, 2, 16) == [0, 192, 256]
+    monkeypatch.setitem(fast_layer._lane_speeds, (lane, 256, 3), np.array([1e-9, 1e-9, 1.0]))
+    assert fast_layer._balanced_bounds(lane, 256, 3, 16) == [0, 16, 32, 256]  # a panel each
+    monkeypatch.setitem(fast_layer._lane_speeds, (lane, 256, 3), np.array([0.5, 1e-9, 0.5]))
+    assert fast_layer._balanced_bounds(lane, 256, 3, 16) == [0, 128, 144, 256]
+    monkeypatch.setitem(fast_layer._lane_speeds, (lane, 256, 3), np.array([1.0, 1e-9, 1e-9]))
+    assert fast_layer._balanced_bounds(lane, 256, 3, 16) == [0, 224, 240, 256]
+    monkeypatch.setitem(fast_layer._lane_speeds, (lane, 40, 2), np.array([0.9, 0.1]))
+    assert fast_layer._balanced_bounds(lane, 40, 2, 16) == [0, 16, 40]  # too few panels
+    rows = lanes.forward_rows_lane  # a split of batch rows: any row is a boundary
+    monkeypatch.setitem(fast_layer._lane_speeds, (rows, 64, 2), np.array([0.75, 0.25]))
+    assert fast_layer._balanced_bounds(rows, 64, 2, 1) == [0, 48, 64]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_do_not_depend_on_how_the_units_are_split(dtype, monkeypatch):
-    """Bounds on panel boundaries give every unit the same arithmetic in any lane: the same
-    bits, whatever split the speeds chose (a resumed run repeats an unbroken one)."""
+def test_results_do_not_depend_on_how_the_work_is_split(dtype, monkeypatch):
+    """Bounds on panel boundaries give every unit the same arithmetic in any lane, and every
+    batch row has it in any lane: the same bits, whatever split the speeds chose (a resumed
+    run repeats an unbroken one), and the same by rows as by units."""
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
     monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
-    steps, batch, hidden, vocab = 4, 3, 72, 7  # 72 = 4 whole panels and a narrow one (float32)
+    steps, batch, hidden, vocab = 4, 9, 72, 7  # 72 = 4 whole panels and a narrow one (float32)
     rng = np.random.default_rng(0)
     shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
     weights = fast_layer.LayerWeights(*(rng.normal(size=s).astype(dtype) for s in shapes))
@@ -101,18 +108,27 @@ def test_results_do_not_depend_on_how_the_units_are_split(dtype, monkeypatch):
     dy = rng.normal(size=(steps, batch, hidden)).astype(dtype)
 
     def run(speeds):
-        for kernel in (lanes.forward_lane, lanes.backward_lane):
-            monkeypatch.setitem(fast_layer._lane_speeds, (kernel, hidden, 2), np.array(speeds))
+        for lane in (lanes.forward_lane, lanes.backward_lane):
+            monkeypatch.setitem(fast_layer._lane_speeds, (lane, hidden, 2), np.array(speeds))
+        for lane in (lanes.forward_rows_lane, lanes.backward_rows_lane):
+            monkeypatch.setitem(fast_layer._lane_speeds, (lane, batch, 2), np.array(speeds))
         y, state, cache = fast_layer.lstm_forward(x, weights, h0, h0)
         _, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights)
         return [y, *state, dh, dc, *grads]
 
-    for even, uneven in zip(run([0.5, 0.5]), run([0.9, 0.1]), strict=True):
-        np.testing.assert_array_equal(even, uneven)
+    runs = []
+    for rows_per_lane in (10**9, 1):  # by units, then by rows
+        monkeypatch.setattr(fast_layer, "ROWS_PER_LANE", rows_per_lane)
+        runs += [run([0.5, 0.5]), run([0.9, 0.1]), run([0.2, 0.8])]
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 1)
+    runs.append(run([0.5, 0.5]))  # one lane (by rows)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_failing_lane_releases_the_others_and_its_error_is_raised():
-    def kernel(lane, first, last, packed, flags):
+    def failing(lane, first, last, packed, flags):
         if lane == 1:
             raise ValueError("lane 1 failed")
         deadline = time.monotonic() + 10
@@ -121,7 +137,7 @@ def test_a_failing_lane_releases_the_others_and_its_error_is_raised():
             time.sleep(0.001)
 
     with pytest.raises(ValueError, match="lane 1 failed"):
-        fast_layer._run_lanes(kernel, [0, 4, 8], [None, None])
+        fast_layer._run_lanes(failing, [0, 4, 8], [None, None])
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")

@@ -3,9 +3,10 @@ around the compiled kernels of ``fused.py`` and ``lanes.py``.
 
 Same equations, shapes and cache as ``cell.py`` (the readable reference; tests hold this one to
 it). Small steps (``backend.is_small_step``) run each layer's whole time loop compiled, the
-recurrent matrix product included, on one thread. Large ones run it on a few threads, each
-owning a slice of the hidden units, with the recurrent GEMM over weights packed once per call
-(``lanes.py``), each lane's share following the speed it showed. The all-timestep GEMMs stay
+recurrent matrix product included, on one thread. Large ones run it on a few threads
+(``lanes.py``), with the recurrent GEMM over weights packed once per call: each lane owns some
+rows of the batch where the batch gives every lane ``ROWS_PER_LANE`` of them, else a slice of
+the hidden units; each lane's share follows the speed it showed. The all-timestep GEMMs stay
 in BLAS (dense input's x W_ihᵀ, and ``cell.finish_backward``). Generation's one step
 (``lstm_step_forward``) is BLAS plus one compiled call. Letters: T time, B batch, D input,
 H hidden, G = 4H gates.
@@ -41,6 +42,7 @@ from .cell import (
     start_backward,
     start_forward,
 )
+from .kernel import panel_width
 
 
 def _weight_ih_grad_from_ids(ids, dgates_2d, out):
@@ -164,17 +166,20 @@ def _run_lanes(kernel, bounds, packed, *args):
     return np.maximum(time.perf_counter() - start - flags[1] * 1e-9, 1e-9)  # (lanes,)
 
 
-_lane_speeds: dict = {}  # (kernel, H, lanes) -> each lane's units per busy second, smoothed
+ROWS_PER_LANE = 12  # the split by rows when every lane gets this many (two kernel calls' worth;
+# at H 512, B 16 and B 8, rows and units measured the same within noise)
+_lane_speeds: dict = {}  # (kernel, size split, lanes) -> each lane's share per busy second
 
 
-def _balanced_bounds(kernel, hidden, count, span):
-    """``lane_bounds``, moved so that each lane gets units in proportion to the speed it showed
-    in earlier calls (cores here run at different speeds, and change: measured 70 to 92
-    GFLOP/s for the same kernel). Bounds stay on panel boundaries, so which lane does a unit
-    never changes its arithmetic: the results are the same for any split."""
-    bounds = lane_bounds(hidden, count, span)
-    speeds = _lane_speeds.get((kernel, hidden, count))
-    panels = hidden // span
+def _balanced_bounds(kernel, size, count, span):
+    """``lane_bounds`` of ``size`` units (or batch rows), moved so that each lane gets a share in
+    proportion to the speed it showed in earlier calls (cores here run at different speeds, and
+    change: measured 70 to 92 GFLOP/s for the same kernel). Bounds stay on multiples of
+    ``span`` (panel boundaries for units), so which lane does a unit or a row never changes
+    its arithmetic: the results are the same for any split."""
+    bounds = lane_bounds(size, count, span)
+    speeds = _lane_speeds.get((kernel, size, count))
+    panels = size // span
     if speeds is None or panels < 2 * count or any(b % span for b in bounds[1:-1]):
         return bounds
     cuts = np.rint(np.cumsum(speeds / speeds.sum()) * panels).astype(int)  # (lanes,)
@@ -182,24 +187,42 @@ def _balanced_bounds(kernel, hidden, count, span):
     for k in range(count - 1):  # each lane at least one panel, and one left for each after it
         cut = min(max(int(cuts[k]), bounds[-1] // span + 1), panels - (count - 1 - k))
         bounds.append(cut * span)
-    return [*bounds, hidden]
+    return [*bounds, size]
 
 
-def _run_balanced(kernel, hidden, count, span, pack, *args):
-    """Split the units by ``_balanced_bounds``, pack each lane's weights (``pack(first,
-    last)``), run the lanes, and fold the speeds they showed into the next calls' split."""
-    bounds = _balanced_bounds(kernel, hidden, count, span)
+def _split(batch, hidden, count, span, by_units, by_rows, pack):
+    """The arguments of ``_run_balanced`` (lane kernel, size split, count, granularity, pack):
+    by rows of the batch where every lane gets ``ROWS_PER_LANE`` of them, all lanes then sharing
+    one packing of all units; else by units, on panel boundaries, each lane packing its own.
+
+    Rows, measured on d (H 256, B 64): a training step in alternating processes, median 145 →
+    115 ms; the backward's gate gradients 9–10 → 4.5–5 ms per lane (each lane's rows of a step
+    lie together in memory; no dz from the other core), no barrier in either time loop. The
+    price is that every lane reads all of W_hh each step, not its slice. Units remain for
+    small batches, where a lane's few rows would leave the kernel's accumulators idle."""
+    if batch >= ROWS_PER_LANE * count:
+        packed = pack(0, hidden)
+        return by_rows, batch, count, 1, lambda first, last: packed
+    return by_units, hidden, count, span, pack
+
+
+def _run_balanced(kernel, size, count, span, pack, *args):
+    """Split ``size`` units or rows by ``_balanced_bounds``, pack each lane's weights
+    (``pack(first, last)``), run the lanes, and fold the speeds they showed into the next
+    calls' split."""
+    bounds = _balanced_bounds(kernel, size, count, span)
     packed = [pack(first, last) for first, last in itertools.pairwise(bounds)]
     busy = _run_lanes(kernel, bounds, packed, *args)
     if count > 1:
-        key, speeds = (kernel, hidden, count), np.diff(bounds) / busy  # (lanes,) units per s
+        key, speeds = (kernel, size, count), np.diff(bounds) / busy  # (lanes,) share per s
         speeds /= speeds.sum()
         previous = _lane_speeds.get(key)
         _lane_speeds[key] = speeds if previous is None else (previous + speeds) / 2
 
 
 def _forward_on_lanes(x, weights, h0, c0, count):
-    """``lstm_forward`` for large steps on ``count`` lanes (``lanes.forward_lane``)."""
+    """``lstm_forward`` for large steps on ``count`` lanes (``lanes.forward_rows_lane`` or
+    ``lanes.forward_lane``, by ``_split``)."""
     hidden = h0.shape[1]
     cache = allocate_forward(x, weights, h0, c0)
     bias = weights.bias_ih + weights.bias_hh  # (G,)
@@ -211,18 +234,21 @@ def _forward_on_lanes(x, weights, h0, c0, count):
         gates_2d = cache.gates.reshape(steps * batch, -1)  # (T·B, G)
         np.matmul(x.reshape(steps * batch, -1), weights.weight_ih.T, out=gates_2d)
         table, rows = bias.reshape(1, -1), np.zeros((steps, batch), dtype=np.intp)  # (1, G)
-    span = lanes.panel_width(cache.gates.dtype)
+    span = panel_width(cache.gates.dtype)
 
     def pack(first, last):
         return _pack_rows(weights.weight_hh, first, last, span)
 
-    _run_balanced(lanes.forward_lane, hidden, count, span, pack, cache.gates, not is_ids(x),
-                  table, rows, cache.hs, cache.cs, cache.tanh_cs)  # fmt: skip
+    split = _split(h0.shape[0], hidden, count, span, lanes.forward_lane, lanes.forward_rows_lane,
+                   pack)  # fmt: skip
+    _run_balanced(*split, cache.gates, not is_ids(x), table, rows, cache.hs, cache.cs,
+                  cache.tanh_cs)  # fmt: skip
     return finish_forward(cache)
 
 
 def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
-    """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_lane``)."""
+    """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_rows_lane`` or
+    ``lanes.backward_lane``, by ``_split``)."""
     hidden, four_h = dh.shape[1], dgates.shape[-1]
     dh, dc = np.ascontiguousarray(dh), np.ascontiguousarray(dc)  # the kernel writes dh's rows
     bias_grad = np.zeros(four_h, dtype=np.float64)  # (G,) sums over T·B rows, in float64
@@ -231,14 +257,15 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
         rows = np.ascontiguousarray(cache.x)  # (T, B)
     else:
         table_grad, rows = None, np.zeros((dy.shape[0], 0), dtype=np.intp)
-    span = lanes.panel_width(dgates.dtype)
+    span = panel_width(dgates.dtype)
 
     def pack(first, last):
         return _pack_columns(weights.weight_hh, first, last, span)
 
-    _run_balanced(lanes.backward_lane, hidden, count, span, pack, np.ascontiguousarray(dy),
-                  cache.gates, cache.cs, cache.tanh_cs, dh, dc, dgates, bias_grad, table_grad,
-                  rows)  # fmt: skip
+    split = _split(dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane,
+                   pack)  # fmt: skip
+    _run_balanced(*split, np.ascontiguousarray(dy), cache.gates, cache.cs, cache.tanh_cs, dh, dc,
+                  dgates, bias_grad, table_grad, rows)  # fmt: skip
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T
