@@ -130,7 +130,8 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
                 add_into(z_b[gate], source[gate])
             activate_units(z_b[0], z_b[1], z_b[2], z_b[3], cs[t, b], cs[t + 1, b], hs[t + 1, b],
                            tanh_cs[t, b])  # fmt: skip
-    flags[1, lane] = 0  # no waits
+    arrive(flags, lane, 1)  # done: the time it waits for the others tells its speed
+    flags[1, lane] = wait_for_all(flags, 1)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
