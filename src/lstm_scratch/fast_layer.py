@@ -196,9 +196,9 @@ def _split(batch, hidden, count, span, by_units, by_rows, pack):
     one packing of all units; else by units, on panel boundaries, each lane packing its own.
 
     Rows, measured on d (H 256, B 64): a training step in alternating processes, median 145 →
-    115 ms; the backward's gate gradients 9–10 → 4.5–5 ms per lane (each lane's rows of a step
-    lie together in memory; no dz from the other core), no barrier in either time loop. The
-    price is that every lane reads all of W_hh each step, not its slice. Units remain for
+    115 ms; the backward's gate gradients about 8–10 → 4.5–6 ms per lane (each lane's rows of
+    a step lie together in memory; no dz from the other core), no barrier in either time loop.
+    The price is that every lane reads all of W_hh each step, not its slice. Units remain for
     small batches, where a lane's few rows would leave the kernel's accumulators idle."""
     if batch >= ROWS_PER_LANE * count:
         packed = pack(0, hidden)
