@@ -31,7 +31,7 @@ def fast_path(request, monkeypatch):
 @pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize(
     ("T", "B", "D", "H", "L"),
-    [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3), (3, 13, 5, 64, 2)],
+    [(9, 4, 6, 16, 2), (1, 1, 3, 5, 1), (4, 7, 2, 40, 3), (3, 13, 5, 64, 2), (1, 6, 3, 24, 2)],
 )
 def test_fast_path_equals_reference(T, B, D, H, L, dtype, tolerance, fast_path, one_hot):
     rng = np.random.default_rng(T + B + H)

@@ -92,11 +92,13 @@ def test_balanced_bounds_follow_the_lanes_speeds_on_panel_boundaries(monkeypatch
     assert fast_layer._balanced_bounds(rows, 64, 2, 1) == [0, 48, 64]
 
 
+@pytest.mark.parametrize("one_hot", [True, False], ids=["ids input", "dense input"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_do_not_depend_on_how_the_work_is_split(dtype, monkeypatch):
+def test_results_do_not_depend_on_how_the_work_is_split(dtype, one_hot, monkeypatch):
     """Bounds on panel boundaries give every unit the same arithmetic in any lane, and every
     batch row has it in any lane: the same bits, whatever split the speeds chose (a resumed
-    run repeats an unbroken one), and the same by rows as by units."""
+    run repeats an unbroken one), and the same by rows as by units. (Sums over rows in another
+    order change float64's bits here; float32's, added in float64, often not.)"""
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
     monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
     steps, batch, hidden, vocab = 4, 9, 72, 7  # 72 = 4 whole panels and a narrow one (float32)
@@ -104,6 +106,8 @@ def test_results_do_not_depend_on_how_the_work_is_split(dtype, monkeypatch):
     shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
     weights = fast_layer.LayerWeights(*(rng.normal(size=s).astype(dtype) for s in shapes))
     x = rng.integers(0, vocab, (steps, batch))
+    if not one_hot:  # the bias gradient is then summed over rows in the lanes
+        x = rng.normal(size=(steps, batch, vocab)).astype(dtype)
     h0 = rng.normal(size=(batch, hidden)).astype(dtype)
     dy = rng.normal(size=(steps, batch, hidden)).astype(dtype)
 
@@ -113,8 +117,8 @@ def test_results_do_not_depend_on_how_the_work_is_split(dtype, monkeypatch):
         for lane in (lanes.forward_rows_lane, lanes.backward_rows_lane):
             monkeypatch.setitem(fast_layer._lane_speeds, (lane, batch, 2), np.array(speeds))
         y, state, cache = fast_layer.lstm_forward(x, weights, h0, h0)
-        _, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights)
-        return [y, *state, dh, dc, *grads]
+        dx, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights)
+        return [y, *state, dh, dc, *grads] + ([] if dx is None else [dx])
 
     runs = []
     for rows_per_lane in (10**9, 1):  # by units, then by rows
@@ -128,16 +132,21 @@ def test_results_do_not_depend_on_how_the_work_is_split(dtype, monkeypatch):
 
 
 def test_a_failing_lane_releases_the_others_and_its_error_is_raised():
+    released = []
+
     def failing(lane, first, last, packed, flags):
         if lane == 1:
             raise ValueError("lane 1 failed")
         deadline = time.monotonic() + 10
-        while flags[1] < 1:  # lane 0 waits at a barrier for lane 1
-            assert time.monotonic() < deadline, "lane 0 was never released"
+        while flags[0, 1] < 1:  # lane 0 waits at a barrier for lane 1
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.001)
+        released.append(lane)
 
     with pytest.raises(ValueError, match="lane 1 failed"):
         fast_layer._run_lanes(failing, [0, 4, 8], [None, None])
+    assert released == [0], "lane 0 was never released"
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")

@@ -78,7 +78,7 @@ def lstm_step_forward(gates_x, h_prev, c_prev, weight_hh, out: StepBuffers | Non
 
 def lstm_forward(x, weights: LayerWeights, h0, c0):
     """As ``cell.lstm_forward``. Small steps run the whole time loop compiled on one thread;
-    large ones on ``backend.step_lanes()`` threads (``lanes.forward_lane``)."""
+    large ones on ``backend.step_lanes()`` threads (``lanes.py``, split by ``_split``)."""
     batch, hidden = h0.shape
     vocab = weights.weight_ih.shape[1]
     if is_ids(x) and x.size and (x.min() < 0 or x.max() >= vocab):  # the compiled gathers
@@ -118,7 +118,7 @@ def lane_bounds(hidden, count, span):
 
 def _pack_columns(matrix, first, last, span):
     """Columns first…last-1 of a (K, N) matrix, zero-padded to whole panels of ``span``
-    columns: (P, K, span). For ``lanes.backward_lane``, of W_hh (G, H)."""
+    columns: (P, K, span). For the backward lanes, of W_hh (G, H)."""
     depth = matrix.shape[0]
     units, count = last - first, -(-(last - first) // span)
     padded = np.zeros((depth, count * span), dtype=matrix.dtype)  # (K, P·span)
@@ -129,7 +129,7 @@ def _pack_columns(matrix, first, last, span):
 
 def _pack_rows(weight, first, last, span):
     """W_hh (G, H) rows gate·H + first…last-1 as panels of each gate's W_hhᵀ (H, H), zero-padded
-    to whole panels: (4·P, H, span), for ``lanes.forward_lane``. One transposing copy (measured,
+    to whole panels: (4·P, H, span), for the forward lanes. One transposing copy (measured,
     half of H 512's rows: 0.75 ms, against 2.5 ms for per-gate ``_pack_columns`` of W_hhᵀ)."""
     hidden = weight.shape[1]
     units, count = last - first, -(-(last - first) // span)
@@ -197,9 +197,10 @@ def _split(batch, hidden, count, span, by_units, by_rows, pack):
 
     Rows, measured on d (H 256, B 64): a training step in alternating processes, median 145 →
     115 ms; the backward's gate gradients about 8–10 → 4.5–6 ms per lane (each lane's rows of
-    a step lie together in memory; no dz from the other core), no barrier in either time loop.
-    The price is that every lane reads all of W_hh each step, not its slice. Units remain for
-    small batches, where a lane's few rows would leave the kernel's accumulators idle."""
+    a step lie together in memory; the dz of the product are the lane's own), no barrier in the
+    forward's time loop. The price is that every lane reads all of W_hh each step, not its
+    slice. Units remain for small batches, where a lane's few rows would leave the kernel's
+    accumulators idle (a lane the balancer finds much slower may still get fewer rows)."""
     if batch >= ROWS_PER_LANE * count:
         packed = pack(0, hidden)
         return by_rows, batch, count, 1, lambda first, last: packed

@@ -12,8 +12,8 @@ small GEMM.
 The lanes meet at barriers: each announces the step it reached in an int64 array (atomic
 release/acquire), polls the others' (yielding the core after a while) and times its wait.
 
-Everything here is inlined into ``lanes.py``, whose numba cache does not see edits to this file:
-``lanes.py`` carries this file's hash (a test keeps it current).
+The compiled functions here are inlined into ``lanes.py``, whose numba cache does not see edits
+to this file: ``lanes.py`` carries this file's hash (a test keeps it current).
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ then runs on one core while the others wait. Two ways to share a step between la
 
 - By rows of the batch (``forward_rows_lane``, ``backward_rows_lane``), when the batch gives
   every lane enough rows for the kernel: each lane runs the whole recurrence of its rows, all
-  units, reading all of the packed W_hh. No barrier in the time loop, no data from another
-  core, and each lane's rows of a step lie together in memory. The backward's sums over rows
-  (the bias gradient, or one-hot input's dW_ih) are split by columns instead, one step behind
-  the time loop, in the same order as one lane would add them: the results do not depend on
-  the split.
+  units, reading all of the packed W_hh, and each lane's rows of a step lie together in memory.
+  The forward has no barrier in its time loop and no data from another core. The backward's
+  sums over rows (the bias gradient, or one-hot input's dW_ih) are split by columns instead,
+  one step behind the time loop (each lane waits until every lane has finished step t + 1,
+  then adds its columns of all of that step's rows), in the same order as one lane would add
+  them: the results do not depend on how the rows are split, and are those of the split by
+  units wherever the units' bounds fall on panel boundaries (``fast_layer.lane_bounds``).
 - By hidden units (``forward_lane``, ``backward_lane``), for small batches: lane k computes
   only its units' gate columns, z[:, gate·H + units_k] = h_{t-1} W_hh[gate·H + units_k]ᵀ for
   the four gates, runs those units' gate arithmetic, writes its part of h_t, and waits at a
@@ -36,7 +38,7 @@ from .kernel import add_into, arrive, arrive_and_wait, product, wait_for_all
 
 INLINED_SHA256 = {
     "fused.py": "d1b4202f08a00d4f70afd20babee389e2d1c2eeef7acec0ccd40fc4b81354635",
-    "kernel.py": "ee3e640b121712fd86ae44172097cdf6527a57b224026ad0775ac07415c19878",
+    "kernel.py": "b60dbd4faf67403565e70218274446b3a7d6b1027fddfedcee77a956b0cc48b0",
 }
 
 
