@@ -42,6 +42,49 @@ INLINED_SHA256 = {
 }
 
 
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _gates_product(h_prev, packed, z, first, last, accumulate):
+    """z[:, gate·H + first…last-1] (+)= h_prev W_hh[gate·H + first…last-1]ᵀ for the four gates:
+    h_prev (R, H), z (R, G), packed (4·P, H, PANEL) those rows of W_hh in panels."""
+    hidden, per_gate, span = z.shape[1] // 4, packed.shape[0] // 4, packed.shape[2]
+    for p in range(packed.shape[0]):
+        gate, start = p // per_gate, first + p % per_gate * span
+        product(h_prev, packed[p], z, gate * hidden + start, min(span, last - start), accumulate)
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _activate_row(z, source, first, last, c_prev, c, h, tanh_c):
+    """Units first…last-1 of one batch row: z (G,) += source (G,) (a row of W_ihᵀ + b, or b),
+    then the gate arithmetic, writing c, h, tanh(c) (H,) from c_prev (H,)."""
+    hidden, own = c.size, slice(first, last)
+    z_4, source_4 = z.reshape(4, hidden), source.reshape(4, hidden)  # (4, H) i, f, g, o
+    for gate in range(4):
+        add_into(z_4[gate, own], source_4[gate, own])
+    activate_units(z_4[0, own], z_4[1, own], z_4[2, own], z_4[3, own], c_prev[own], c[own],
+                   h[own], tanh_c[own])  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c):
+    """Units first…last-1 of one batch row backward: a (G,) the activated gates; dh, dc (H,)
+    arrive from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'."""
+    hidden, own = dh.size, slice(first, last)
+    a_4, dz_4 = a.reshape(4, hidden), dz.reshape(4, hidden)  # (4, H) i, f, g, o
+    gate_grads_units(a_4[0, own], a_4[1, own], a_4[2, own], a_4[3, own], dy[own], dh[own],
+                     dc[own], c_prev[own], tanh_c[own], dz_4[0, own], dz_4[1, own],
+                     dz_4[2, own], dz_4[3, own])  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _state_grad_product(dz, packed, dh, first, last):
+    """dh[:, first…last-1] = dz W_hh[:, first…last-1]: dz (R, G), dh (R, H), packed (P, G,
+    PANEL) those columns of W_hh in panels."""
+    span = packed.shape[2]
+    for p in range(packed.shape[0]):
+        start = first + p * span
+        product(dz, packed[p], dh, start, min(span, last - start), False)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags):
     """Lane ``lane``'s part of ``cell.lstm_forward``: units first…last-1 (U of them).
@@ -51,27 +94,13 @@ def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, c
     nothing; row rows[t, b] of table (R, G) is added to step t's row b: W_ihᵀ + b for one-hot
     input (rows the ids), b alone (R = 1, rows 0) for dense. hs, cs (T+1, B, H) hold h_0, c_0
     in row 0."""
-    steps, batch, four_h = gates.shape
-    hidden, per_gate = four_h // 4, packed.shape[0] // 4
-    span = packed.shape[2]
-    own = slice(first, last)
+    steps, batch = gates.shape[:2]
     waited = 0
     for t in range(steps):
-        z, h_prev = gates[t], hs[t]  # (B, G), (B, H)
-        for p in range(packed.shape[0]):
-            gate, q = p // per_gate, p % per_gate
-            start = first + q * span
-            width = min(span, last - start)
-            product(h_prev, packed[p], z, gate * hidden + start, width, has_input)
+        _gates_product(hs[t], packed, gates[t], first, last, has_input)  # (B, G) own columns
         for b in range(batch):
-            z_b = z[b].reshape(4, hidden)  # (4, H) i, f, g, o
-            source = table[rows[t, b]].reshape(4, hidden)  # (4, H)
-            for gate in range(4):
-                add_into(z_b[gate, own], source[gate, own])
-            activate_units(
-                z_b[0, own], z_b[1, own], z_b[2, own], z_b[3, own],
-                cs[t, b, own], cs[t + 1, b, own], hs[t + 1, b, own], tanh_cs[t, b, own],
-            )  # fmt: skip
+            _activate_row(gates[t, b], table[rows[t, b]], first, last, cs[t, b], cs[t + 1, b],
+                          hs[t + 1, b], tanh_cs[t, b])  # fmt: skip
         waited += arrive_and_wait(flags, lane, t + 1)  # all of h_t is written
     flags[1, lane] = waited
 
@@ -87,25 +116,19 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
     None (with one-hot input, the bias gradient is then table_grad's column sums)."""
     steps, batch, four_h = gates.shape
     hidden = four_h // 4
-    span = packed.shape[2]
     bias_4 = bias_grad.reshape(4, hidden)  # (4, H)
     own = slice(first, last)
     waited = 0
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
-            a = gates[t, b].reshape(4, hidden)  # (4, H) i, f, g, o
+            _gate_grads_row(gates[t, b], dgates[t, b], first, last, dy[t, b], dh[b], dc[b],
+                            cs[t, b], tanh_cs[t, b])  # fmt: skip
             dz = dgates[t, b].reshape(4, hidden)  # (4, H)
-            gate_grads_units(
-                a[0, own], a[1, own], a[2, own], a[3, own], dy[t, b, own], dh[b, own], dc[b, own],
-                cs[t, b, own], tanh_cs[t, b, own], dz[0, own], dz[1, own], dz[2, own], dz[3, own],
-            )  # fmt: skip
             target = bias_4 if table_grad is None else table_grad[rows[t, b]].reshape(4, hidden)
             for gate in range(4):  # target (4, H)
                 add_into(target[gate, own], dz[gate, own])
         waited += arrive_and_wait(flags, lane, steps - t)  # all of dz_t is written
-        for p in range(packed.shape[0]):
-            start = first + p * span
-            product(dgates[t], packed[p], dh, start, min(span, last - start), False)
+        _state_grad_product(dgates[t], packed, dh, first, last)  # (B, H) own columns
     flags[1, lane] = waited
 
 
@@ -116,22 +139,12 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
 
     packed (4·P, H, PANEL): all of W_hh's rows, P panels per gate, each transposed (H, PANEL);
     the other arguments as ``forward_lane``'s."""
-    steps, four_h = gates.shape[0], gates.shape[2]
-    hidden, per_gate = four_h // 4, packed.shape[0] // 4
-    span = packed.shape[2]
+    steps, hidden = gates.shape[0], hs.shape[2]
     for t in range(steps):
-        z, h_prev = gates[t, first:last], hs[t, first:last]  # (R, G), (R, H)
-        for p in range(packed.shape[0]):
-            gate, start = p // per_gate, p % per_gate * span
-            width = min(span, hidden - start)
-            product(h_prev, packed[p], z, gate * hidden + start, width, has_input)
+        _gates_product(hs[t, first:last], packed, gates[t, first:last], 0, hidden, has_input)
         for b in range(first, last):
-            z_b = gates[t, b].reshape(4, hidden)  # (4, H) i, f, g, o
-            source = table[rows[t, b]].reshape(4, hidden)  # (4, H)
-            for gate in range(4):
-                add_into(z_b[gate], source[gate])
-            activate_units(z_b[0], z_b[1], z_b[2], z_b[3], cs[t, b], cs[t + 1, b], hs[t + 1, b],
-                           tanh_cs[t, b])  # fmt: skip
+            _activate_row(gates[t, b], table[rows[t, b]], 0, hidden, cs[t, b], cs[t + 1, b],
+                          hs[t + 1, b], tanh_cs[t, b])  # fmt: skip
     arrive(flags, lane, 1)  # done: the time it waits for the others tells its speed
     flags[1, lane] = wait_for_all(flags, 1)
 
@@ -147,21 +160,15 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
     every lane has finished that step (it announces t's after t's product), in the order of
     ``backward_lane``: t descending, then b."""
     steps, batch, four_h = gates.shape
-    hidden, span = four_h // 4, packed.shape[2]
-    count = flags.shape[1]
+    hidden, count = four_h // 4, flags.shape[1]
     low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
     waited = 0
     for t in range(steps - 1, -2, -1):  # t = -1: only step 0's sums
         if t >= 0:
             for b in range(first, last):
-                a = gates[t, b].reshape(4, hidden)  # (4, H) i, f, g, o
-                dz = dgates[t, b].reshape(4, hidden)  # (4, H)
-                gate_grads_units(a[0], a[1], a[2], a[3], dy[t, b], dh[b], dc[b], cs[t, b],
-                                 tanh_cs[t, b], dz[0], dz[1], dz[2], dz[3])  # fmt: skip
-            for p in range(packed.shape[0]):
-                start = p * span
-                product(dgates[t, first:last], packed[p], dh[first:last], start,
-                        min(span, hidden - start), False)  # fmt: skip
+                _gate_grads_row(gates[t, b], dgates[t, b], 0, hidden, dy[t, b], dh[b], dc[b],
+                                cs[t, b], tanh_cs[t, b])  # fmt: skip
+            _state_grad_product(dgates[t, first:last], packed, dh[first:last], 0, hidden)
             arrive(flags, lane, steps - t)  # this lane's rows of dz_t are written
         if t + 1 < steps:  # the sums of step t + 1, for which every lane's dz is written
             waited += wait_for_all(flags, steps - t - 1)
