@@ -202,3 +202,31 @@ def test_lanes_take_state_gradients_in_any_memory_order(count, monkeypatch):
         results.append([dx, dh_0, dc_0, *grads])
     for fast, reference in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(fast, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("split", ["one thread", "units", "rows"])
+@pytest.mark.parametrize("one_hot", [True, False], ids=["ids input", "dense input"])
+def test_a_consumed_cache_gives_the_same_gradients(split, one_hot, monkeypatch):
+    """``consume_cache`` writes each row's dz over the gates it was computed from; reading all
+    four gates of a unit before writing any of its dz keeps every result the same bits."""
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: split == "one thread")
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
+    monkeypatch.setattr(fast_layer, "ROWS_PER_LANE", 1 if split == "rows" else 10**9)
+    steps, batch, hidden, vocab = 5, 4, 40, 6
+    rng = np.random.default_rng(2)
+    shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    weights = fast_layer.LayerWeights(*(rng.normal(size=s) for s in shapes))
+    x = rng.integers(0, vocab, (steps, batch))
+    if not one_hot:
+        x = rng.normal(size=(steps, batch, vocab))
+    h0, c0 = rng.normal(size=(2, batch, hidden))
+    dy = rng.normal(size=(steps, batch, hidden))
+    results = []
+    for consume in (False, True):
+        _, _, cache = fast_layer.lstm_forward(x, weights, h0, c0)
+        gates = cache.gates.copy()
+        dx, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights, consume_cache=consume)
+        assert np.array_equal(cache.gates, gates) != consume  # written over only when consumed
+        results.append([dh, dc, *grads] + ([] if dx is None else [dx]))
+    for kept, consumed in zip(*results, strict=True):
+        np.testing.assert_array_equal(consumed, kept)

@@ -176,11 +176,17 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
     return finish_forward(cache)
 
 
-def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
+def lstm_backward(
+    dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None,
+    consume_cache=False,
+):  # fmt: skip
     """Backprop through time for one layer. dy (T, B, H); dh_n, dc_n (B, H) or None (zero).
 
     Returns dx (T, B, D) (None for ids), (dh_0, dc_0) each (B, H), and the weight gradients as
     LayerWeights (written into ``grads`` when given: overwritten, not accumulated).
+    ``consume_cache``: the caller is done with ``cache``, so a backend may write the gradients
+    of the pre-activations over its gates (the numba one does; this one, which still reads a
+    step's gates while it writes that step's, does not).
     """
     dh, dc, dgates = start_backward(dy, dh_n, dc_n)
     scratch = np.empty_like(dh)  # (B, H)
@@ -244,12 +250,15 @@ def finish_forward(cache: LayerCache):
     return cache.hs[1:], (cache.hs[-1].copy(), cache.cs[-1].copy()), cache
 
 
-def start_backward(dy, dh_n, dc_n):
-    """dh and dc (B, H) set to the final state's gradients (or zero), and dgates (T, B, 4H)."""
+def start_backward(dy, dh_n, dc_n, dgates=None):
+    """dh and dc (B, H) set to the final state's gradients (or zero), and dgates (T, B, 4H)
+    (``dgates`` when given, else a new array)."""
     steps, batch, hidden = dy.shape
     dh = np.zeros((batch, hidden), dtype=dy.dtype) if dh_n is None else np.array(dh_n, dy.dtype)
     dc = np.zeros((batch, hidden), dtype=dy.dtype) if dc_n is None else np.array(dc_n, dy.dtype)
-    return dh, dc, np.empty((steps, batch, 4 * hidden), dtype=dy.dtype)
+    if dgates is None:
+        dgates = np.empty((steps, batch, 4 * hidden), dtype=dy.dtype)  # (T, B, 4H)
+    return dh, dc, dgates
 
 
 def weight_ih_grad_from_ids(ids, dgates_2d, out):

@@ -91,9 +91,15 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
     return _forward_on_lanes(x, weights, h0, c0, step_lanes())
 
 
-def lstm_backward(dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None):
-    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``."""
-    dh, dc, dgates = start_backward(dy, dh_n, dc_n)
+def lstm_backward(
+    dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None,
+    consume_cache=False,
+):  # fmt: skip
+    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. With
+    ``consume_cache``, dgates is written over cache.gates, each (t, b) row once its gates are
+    read: no second (T, B, G) array to fill and read back (measured on d, a layer's forward
+    and backward in one process, paired: 2.5 ms less of 82)."""
+    dh, dc, dgates = start_backward(dy, dh_n, dc_n, cache.gates if consume_cache else None)
     dy = np.ascontiguousarray(dy)
     batch, hidden = dh.shape
     if is_small_step(batch, hidden):

@@ -15,9 +15,10 @@ link). Written out as arithmetic, exp runs 4 (float64) or 8 (float32) elements p
     exp(x) = 2^k · (1 + r·q(r)),  k = round(x / ln 2),  r = x − k·ln 2,  |r| ≤ ln2 / 2,
     q(r) = (exp(r) − 1) / r = Σ_n r^n / (n + 1)!   (13 terms for float64, 7 for float32)
 
-with 2^k built from its bits. Measured here: sigmoid 4.1 ns per float64 (libm's exp: 40 ns with
-its branch), 1.1 ns per float32 (1.7 ns with 13 terms); largest error against NumPy 3.3e-16
-(float64), 1.7e-7 (float32, the same with 7 terms as with 13).
+with 2^k built from its bits and each a·b + c one ``fma`` (numba does not fuse them itself; one
+rounding, and half the instructions on the dependency chain). Per element, measured here:
+sigmoid 3.1 ns float64 (4.2 without fma; libm's exp: 40 ns), 0.76 ns float32 (1.12), tanh 0.94
+(1.31); largest error against NumPy 4e-16 (float64), 1.6e-7 (float32; 7 terms do as well as 13).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 
@@ -46,6 +47,22 @@ def _power_of_two(typingctx, k):
         return builder.bitcast(field, args[0].type)
 
     return k(k), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a·b + c, rounded once (the processor's fused multiply-add); floats of one type."""
+    if not (a == b == c and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = args[0].type
+        function_type = ir.FunctionType(scalar, [scalar] * 3)
+        name = f"llvm.fma.{scalar.intrinsic_name}"
+        function = cgutils.get_or_insert_function(builder.module, function_type, name)
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen
 
 
 def like(z, value):
@@ -100,11 +117,11 @@ def exp_parts(x):
     (expm1 too: near 0, k = 0 and s = 1 exactly). For x ≤ 0."""
     lowest, ln2_hi, ln2_lo = reduction_constants(x)
     x = max(x, lowest)
-    k = np.floor(x * like(x, INV_LN2) + like(x, 0.5))  # round to nearest
-    r = (x - k * ln2_hi) - k * ln2_lo  # x − k·ln 2 in two parts, |r| ≤ ln2/2
+    k = np.floor(fma(x, like(x, INV_LN2), like(x, 0.5)))  # round to nearest
+    r = fma(k, -ln2_lo, fma(k, -ln2_hi, x))  # x − k·ln 2 in two parts, |r| ≤ ln2/2
     q = like(x, 0.0)
     for coefficient in polynomial(x):  # Horner; a constant tuple, so LLVM unrolls it
-        q = q * r + coefficient
+        q = fma(q, r, coefficient)
     return _power_of_two(k), r * q
 
 
@@ -112,7 +129,7 @@ def exp_parts(x):
 def sigmoid(z):
     """σ(z) from e = exp(−|z|): 1/(1+e) for z ≥ 0, e/(1+e) below. No overflow."""
     s, m = exp_parts(-abs(z))
-    e = s + s * m
+    e = fma(s, m, s)
     one = like(z, 1.0)
     return (e if z < 0 else one) / (one + e)
 
@@ -121,7 +138,7 @@ def sigmoid(z):
 def tanh(z):
     """tanh(z) = −m / (2 + m) with m = expm1(−2|z|), sign restored: exact near 0 as well."""
     s, r = exp_parts(like(z, -2.0) * abs(z))
-    m = (s - like(z, 1.0)) + s * r
+    m = fma(s, r, s - like(z, 1.0))
     t = -m / (like(z, 2.0) + m)
     return t if z >= 0 else -t
 
@@ -260,7 +277,7 @@ def cross_entropy_rows(logits, targets, dlogits):
         norm = like(top, 0.0)
         for v in range(row.size):
             e, m = exp_parts(row[v] - top)
-            grad[v] = e + e * m
+            grad[v] = fma(e, m, e)
         for v in range(row.size):
             norm += grad[v]
         inverse = like(top, 1.0) / norm

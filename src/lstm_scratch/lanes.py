@@ -37,7 +37,7 @@ from .fused import activate_units, gate_grads_units
 from .kernel import add_into, arrive, arrive_and_wait, product, wait_for_all
 
 INLINED_SHA256 = {
-    "fused.py": "d1b4202f08a00d4f70afd20babee389e2d1c2eeef7acec0ccd40fc4b81354635",
+    "fused.py": "1b3a9b42c36304d038bf1506d285a3469d04f793897e31eb85f6533f4839036c",
     "kernel.py": "b60dbd4faf67403565e70218274446b3a7d6b1027fddfedcee77a956b0cc48b0",
 }
 

@@ -44,9 +44,11 @@ def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None, 
 
 
 def stacked_lstm_backward(
-    dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads, backend="auto"
-):
+    dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads, backend="auto",
+    consume_cache=False,
+):  # fmt: skip
     """dy (T, B, H); dh_n, dc_n (L, B, H) or None; grads: per layer LayerWeights to write into.
+    ``consume_cache``: the caller will not use ``cache`` again (see ``cell.lstm_backward``).
 
     Returns dx (T, B, D) (None for ids) and (dh_0, dc_0) each (L, B, H).
     """
@@ -58,7 +60,7 @@ def stacked_lstm_backward(
         dh_k = None if dh_n is None else dh_n[k]
         dc_k = None if dc_n is None else dc_n[k]
         dy, (dh_0[k], dc_0[k]), _ = lstm_backward(
-            dy, cache.layers[k], layers[k], dh_k, dc_k, grads[k]
+            dy, cache.layers[k], layers[k], dh_k, dc_k, grads[k], consume_cache
         )
         if cache.masks[k] is not None:
             dy *= cache.masks[k]  # (T, B, H) back through the dropout of layer k's input

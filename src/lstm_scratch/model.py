@@ -158,7 +158,7 @@ class CharLM:
             dy *= cache.top_mask
         grad_layers = layer_views(grads, self.config.num_layers, prefix="lstm.")
         dx, _ = stacked_lstm_backward(
-            dy, cache.lstm, self.layers, None, None, grad_layers, self.backend
+            dy, cache.lstm, self.layers, None, None, grad_layers, self.backend, consume_cache=True
         )
         if cache.embedding is not None:  # dx (T, B, E) scatters into the embedding rows
             grads["embedding.weight"][...] = ops.embedding_backward(
