@@ -150,7 +150,7 @@ class CharLM:
         cross_entropy = backends.loss_function(self.backend)  # forward and backward together
         loss, dlogits = cross_entropy(logits, targets, reduction)
         dlogits = dlogits.reshape(logits.shape)  # (T, B, V)
-        grads = self.params.zeros_like()
+        grads = self.params.empty_like()  # every entry is written below
         dy, grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_backward(
             dlogits, cache.decoder_input, self.params["decoder.weight"]
         )  # dy (T, B, H)

@@ -16,11 +16,11 @@ import numpy as np
 class FlatParams:
     """An ordered set of named arrays that are views into one contiguous 1-D buffer ``flat``."""
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtype=np.float32):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtype=np.float32, zeros=True):
         self.shapes = {name: tuple(int(n) for n in shape) for name, shape in shapes.items()}
         self.dtype = np.dtype(dtype)
         total = sum(math.prod(shape) for shape in self.shapes.values())
-        self.flat = np.zeros(total, dtype=self.dtype)  # (P,)
+        self.flat = (np.zeros if zeros else np.empty)(total, dtype=self.dtype)  # (P,)
         self.arrays: dict[str, np.ndarray] = {}
         start = 0
         for name, shape in self.shapes.items():
@@ -37,6 +37,11 @@ class FlatParams:
     def zeros_like(self) -> FlatParams:
         """A new buffer with the same names and shapes, filled with zeros (for gradients)."""
         return FlatParams(self.shapes, self.dtype)
+
+    def empty_like(self) -> FlatParams:
+        """As ``zeros_like``, not filled: for gradients of which every entry gets written (it
+        saves a pass over the buffer, which at config c is 18 MB: ~1 ms of each step)."""
+        return FlatParams(self.shapes, self.dtype, zeros=False)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every array, by name."""
