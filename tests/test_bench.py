@@ -72,3 +72,26 @@ def test_bench_smoke_run_writes_json(tmp_path, capsys):
     assert report["train"]["a"]["ratio"] > 0 and "sample" in report
     printed = capsys.readouterr().out
     assert "train a (H 25" in printed and "ratio" in printed and "BLAS" in printed
+
+
+@pytest.mark.slow
+def test_paired_ab_compares_two_trees_in_one_process(tmp_path):
+    """benchmarks/paired_ab.py: the same tree twice, two rounds of config a; its numba cache
+    goes to the folder given, not into the tree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    script, tree = root / "benchmarks" / "paired_ab.py", root / "src"
+    run = subprocess.run(
+        [sys.executable, str(script), str(tree), str(tree), "--config", "a", "--rounds", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.strip().splitlines()
+    assert first.startswith(f"{tree}: median ") and " ms, min " in first
+    assert "paired difference median" in second
+    assert any(tmp_path.rglob("*.nbi"))  # numba's cache index, written where it was told

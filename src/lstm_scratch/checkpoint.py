@@ -26,7 +26,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
-from lstm_scratch.errors import CheckpointError
+from .errors import CheckpointError
 
 FORMAT_NAME = "lstm-scratch"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_scratch.errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 
 #: The built-in training passage (Hamlet, act 3 scene 1), lowercased, on one line.
 HAMLET = (

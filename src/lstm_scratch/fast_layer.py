@@ -97,8 +97,8 @@ def lstm_backward(
 ):  # fmt: skip
     """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. With
     ``consume_cache``, dgates is written over cache.gates, each (t, b) row once its gates are
-    read: no second (T, B, G) array to fill and read back (measured on d, a layer's forward
-    and backward in one process, paired: 2.5 ms less of 82)."""
+    read: one (T, B, G) array less (training's peak RSS, bench: d 237 → 212 MiB, c 337 → 312;
+    a training step's time the same within 0.3 ms, paired steps in one process)."""
     dh, dc, dgates = start_backward(dy, dh_n, dc_n, cache.gates if consume_cache else None)
     dy = np.ascontiguousarray(dy)
     batch, hidden = dh.shape

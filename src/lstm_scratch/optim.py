@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_scratch.backend import adam_kernel
-from lstm_scratch.errors import CheckpointError, ConfigError
+from .backend import adam_kernel
+from .errors import CheckpointError, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
