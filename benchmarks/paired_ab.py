@@ -9,8 +9,8 @@ folder, so the trees' caches are left as they were). A training step of each (fo
 backward, Adam; float32, one-hot input) runs in turn, the order reversed every other round, and
 the report gives each tree's median step and the median of its per-round differences from the
 first tree. Why: the machine's speed drifts from one process to the next by more than most
-single changes save; on config d, repeated runs of one pair of trees agreed to about 1 ms (the
-same changes: −0.05, −0.75, −1.14 and −1.92 ms), on c (400–480 ms steps) to about 15 ms. A tree
+single changes save; on config d, four runs of one pair of trees gave −0.05, −0.75, −1.14 and
+−1.92 ms, on c (400–480 ms steps) two gave −15.7 and +4.1 ms. A tree
 from before the package's imports were all relative takes ``optim``'s Adam from the installed
 lstm_scratch.
 """

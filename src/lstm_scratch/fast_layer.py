@@ -98,7 +98,8 @@ def lstm_backward(
     """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. With
     ``consume_cache``, dgates is written over cache.gates, each (t, b) row once its gates are
     read: one (T, B, G) array less (training's peak RSS, bench: d 237 → 212 MiB, c 337 → 312;
-    a training step's time the same within 0.3 ms, paired steps in one process)."""
+    a step's time: no difference measured, −1.30 against −1.39 ms without it in one run of
+    ``benchmarks/paired_ab.py`` on d, whose runs spread by about 2 ms)."""
     dh, dc, dgates = start_backward(dy, dh_n, dc_n, cache.gates if consume_cache else None)
     dy = np.ascontiguousarray(dy)
     batch, hidden = dh.shape
