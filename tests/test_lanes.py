@@ -16,13 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from lstm_scratch import backend, fast_layer, fused, kernel, lanes
+from lstm_scratch import backend, fast_layer, fused, kernel, lanes, sync
 
 
 def test_lanes_carry_the_hashes_of_the_files_they_inline_from():
     """numba's cache of lanes.py does not see edits to fused.py or kernel.py; the stamp forces
     an edit here."""
-    for module in (fused, kernel):
+    for module in (fused, kernel, sync):
         path = Path(module.__file__)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert lanes.INLINED_SHA256[path.name] == digest, f"{path.name} changed: update its hash"
@@ -129,6 +129,55 @@ def test_results_do_not_depend_on_how_the_work_is_split(dtype, one_hot, monkeypa
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("one_hot", [True, False], ids=["ids input", "dense input"])
+def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(one_hot, monkeypatch):
+    """By rows, forward and backward: lane 1 starts with one row, finishes first and is handed
+    some of lane 0's (``sync.steal``, ``sync.offer``); every output and gradient is that of one
+    lane, bit for bit. Whether a hand-over happens depends on timing, so up to five tries must
+    show one in each direction."""
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
+    steps, batch, hidden, vocab = 60, 24, 128, 11
+    rng = np.random.default_rng(3)
+    shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    weights = fast_layer.LayerWeights(*(rng.normal(size=s, scale=0.3) for s in shapes))
+    x = rng.integers(0, vocab, (steps, batch))
+    if not one_hot:
+        x = rng.normal(size=(steps, batch, vocab))
+    h0, c0 = rng.normal(size=(2, batch, hidden))
+    dy = rng.normal(size=(steps, batch, hidden))
+
+    def run():
+        y, state, cache = fast_layer.lstm_forward(x, weights, h0, c0)
+        outputs = [y, *state, cache.gates.copy(), cache.tanh_cs]
+        dx, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights, consume_cache=True)
+        return outputs + [dh, dc, *grads] + ([] if dx is None else [dx])
+
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 1)
+    expected = run()
+    work = {}
+    run_lanes = fast_layer._run_lanes
+
+    def recording(kernel, *args):
+        busy, done = run_lanes(kernel, *args)
+        work[kernel.__name__] = done
+        return busy, done
+
+    monkeypatch.setattr(fast_layer, "_run_lanes", recording)
+    monkeypatch.setattr(fast_layer, "_balanced_bounds", lambda *args: [0, batch - 1, batch])
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
+    taken = set()
+    for _ in range(5):
+        for a, b in zip(expected, run(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for name, done in work.items():
+            assert done.sum() == steps * batch  # every row of every step, once
+            if done[1] > steps:
+                taken.add(name)
+        if len(taken) == 2:
+            return
+    pytest.fail(f"lane 1 took over no row in 5 tries in { ({*work} - taken) }: work {work}")
 
 
 def test_a_failing_lane_releases_the_others_and_its_error_is_raised():

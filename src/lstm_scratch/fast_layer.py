@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from . import fused, lanes
+from . import fused, lanes, sync
 from .backend import is_small_step, step_lanes
 from .cell import (
     LayerCache,
@@ -42,7 +42,7 @@ from .cell import (
     start_backward,
     start_forward,
 )
-from .kernel import panel_width
+from .kernel import pack_columns, pack_gate_rows, panel_width
 
 
 def _weight_ih_grad_from_ids(ids, dgates_2d, out):
@@ -125,50 +125,35 @@ def lane_bounds(hidden, count, span):
 
 def _pack_columns(matrix, first, last, span):
     """Columns first…last-1 of a (K, N) matrix, zero-padded to whole panels of ``span``
-    columns: (P, K, span), in one pass. For the backward lanes, of W_hh (G, H)."""
-    depth, units = matrix.shape[0], last - first
-    count, full = -(-units // span), units // span  # panels, whole ones
-    panels = np.empty((count, depth, span), dtype=matrix.dtype)  # (P, K, span)
-    panels[:full].transpose(1, 0, 2)[...] = matrix[:, first : first + full * span].reshape(
-        depth, full, span
-    )  # (K, full, span)
-    if full < count:  # the last panel, narrower, padded with zeros
-        panels[full] = 0
-        panels[full, :, : units - full * span] = matrix[:, first + full * span : last]
+    columns: (P, K, span). For the backward lanes, of W_hh (G, H)."""
+    count = -(-(last - first) // span)  # panels
+    panels = np.empty((count, matrix.shape[0], span), dtype=matrix.dtype)  # (P, K, span)
+    pack_columns(matrix, first, last, panels)
     return panels
 
 
 def _pack_rows(weight, first, last, span):
     """W_hh (G, H) rows gate·H + first…last-1 as panels of each gate's W_hhᵀ (H, H), zero-padded
-    to whole panels: (4·P, H, span), for the forward lanes. One transposing copy (measured,
-    H 512: 0.85 ms through a padded (4, P·span, H) copy first, 0.54 ms this way)."""
-    hidden, units = weight.shape[1], last - first
-    count, full = -(-units // span), units // span  # panels per gate, whole ones
+    to whole panels: (4·P, H, span), for the forward lanes."""
+    hidden, count = weight.shape[1], -(-(last - first) // span)  # panels per gate
     panels = np.empty((4, count, hidden, span), dtype=weight.dtype)  # (4, P, H, span)
-    gates = weight.reshape(4, hidden, hidden)  # (4, H, H) i, f, g, o
-    whole = gates[:, first : first + full * span].reshape(4, full, span, hidden)
-    panels[:, :full] = whole.transpose(0, 1, 3, 2)  # (4, full, H, span)
-    if full < count:  # each gate's last panel, narrower, padded with zeros
-        panels[:, full] = 0
-        panels[:, full, :, : units - full * span] = gates[:, first + full * span : last].transpose(
-            0, 2, 1
-        )  # (4, H, units left)
+    pack_gate_rows(weight, first, last, panels)
     return panels.reshape(4 * count, hidden, span)
 
 
 def _run_lanes(kernel, bounds, packed, *args):
     """kernel(lane, first, last, packed[lane], *args, flags) on one thread per lane, lane 0 on
     this one. A lane that fails releases the others from the barrier; its error is raised.
-    Returns each lane's busy seconds (the call's, less its waits at the barrier)."""
+    Returns each lane's busy seconds (the call's, less its waits) and the work it reported."""
     count = len(bounds) - 1
-    flags = np.zeros((2, count), dtype=np.int64)  # the step each lane reached; ns it waited
+    flags = np.zeros((sync.FLAG_ROWS, count), dtype=np.int64)  # see sync.py
     errors = []
 
     def lane(k):
         try:
             kernel(k, bounds[k], bounds[k + 1], packed[k], *args, flags)
         except BaseException as error:  # let the other lanes finish, then raise it here
-            flags[0] = np.iinfo(np.int64).max
+            flags[sync.BARRIER] = sync.FAILED
             errors.append(error)
 
     start = time.perf_counter()
@@ -180,7 +165,8 @@ def _run_lanes(kernel, bounds, packed, *args):
         thread.join()
     if errors:
         raise errors[0]
-    return np.maximum(time.perf_counter() - start - flags[1] * 1e-9, 1e-9)  # (lanes,)
+    busy = np.maximum(time.perf_counter() - start - flags[sync.WAITED] * 1e-9, 1e-9)  # (lanes,)
+    return busy, flags[sync.WORK].astype(np.float64)
 
 
 ROWS_PER_LANE = 12  # the split by rows when every lane gets this many (two kernel calls' worth;
@@ -230,9 +216,9 @@ def _run_balanced(kernel, size, count, span, pack, *args):
     calls' split."""
     bounds = _balanced_bounds(kernel, size, count, span)
     packed = [pack(first, last) for first, last in itertools.pairwise(bounds)]
-    busy = _run_lanes(kernel, bounds, packed, *args)
-    if count > 1:
-        key, speeds = (kernel, size, count), np.diff(bounds) / busy  # (lanes,) share per s
+    busy, work = _run_lanes(kernel, bounds, packed, *args)
+    if count > 1 and work.all():
+        key, speeds = (kernel, size, count), work / busy  # (lanes,) share per s
         speeds /= speeds.sum()
         previous = _lane_speeds.get(key)
         _lane_speeds[key] = speeds if previous is None else (previous + speeds) / 2
@@ -282,8 +268,13 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
 
     split = _split(dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane,
                    pack)  # fmt: skip
+    if split[0] is lanes.backward_rows_lane:  # the sums after the time loop
+        sums = bias_grad.reshape(1, four_h) if table_grad is None else table_grad  # (D, G)
+        sum_args = (sums, rows if is_ids(cache.x) else np.zeros(dy.shape[:2], dtype=np.intp))
+    else:  # the sums in the time loop
+        sum_args = (bias_grad, table_grad, rows)
     _run_balanced(*split, np.ascontiguousarray(dy), cache.gates, cache.cs, cache.tanh_cs, dh, dc,
-                  dgates, bias_grad, table_grad, rows)  # fmt: skip
+                  dgates, *sum_args)  # fmt: skip
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T

@@ -1,5 +1,5 @@
-"""The GEMM kernel and the synchronisation of the large-step lanes (``lanes.py``), compiled.
-Letters: K the shared dimension of a product, PANEL the columns of one packed panel.
+"""The GEMM kernel of the large-step lanes (``lanes.py``) and the packing of its weights,
+compiled. Letters: K the shared dimension of a product, PANEL the columns of one packed panel.
 
 The kernel. ``panel_product`` computes rows (≤ 6) of out[:, col:col + PANEL] = a @ panel with
 2·rows vector accumulators held in registers for the whole K loop: per k, two vector loads of
@@ -9,16 +9,11 @@ float32, (64, 256) @ (256, 1024): 92 GFLOP/s, against OpenBLAS's 70 (its packing
 Packing the weights into panels once per layer call is what BLAS would redo on every step's
 small GEMM.
 
-The lanes meet at barriers: each announces the step it reached in an int64 array (atomic
-release/acquire), polls the others' (yielding the core after a while) and times its wait.
-
 The compiled functions here are inlined into ``lanes.py``, whose numba cache does not see edits
 to this file: ``lanes.py`` carries this file's hash (a test keeps it current).
 """
 
 from __future__ import annotations
-
-import time
 
 import numba
 import numpy as np
@@ -27,7 +22,6 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 ROWS = 6  # rows of one kernel call: 12 accumulators + 2 panel vectors + 1 broadcast ≤ 16 registers
-SPIN_BEFORE_YIELD = 2000  # barrier polls before each further poll also yields the core
 
 
 def panel_width(dtype) -> int:
@@ -135,86 +129,40 @@ def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
     return types.void(a, types.intp, types.intp, panel, out, types.intp, types.boolean), codegen
 
 
-@intrinsic
-def _load_acquire(typingctx, flags, i):
-    """flags[i] of an int64 array, read atomically (acquire): the barrier's poll."""
-
-    def codegen(context, builder, signature, args):
-        pointer = _pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.load_atomic(pointer, "acquire", 8)
-
-    return types.int64(flags, types.intp), codegen
-
-
-@intrinsic
-def _store_release(typingctx, flags, i, value):
-    """flags[i] = value, written atomically (release): everything written before it is seen
-    by a thread that reads the value with ``_load_acquire``."""
-
-    def codegen(context, builder, signature, args):
-        pointer = _pointer(context, builder, signature.args[0], args[0], args[1])
-        builder.store_atomic(args[2], pointer, "release", 8)
-        return context.get_dummy_value()
-
-    return types.void(flags, types.intp, types.int64), codegen
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def pack_columns(matrix, first, last, panels):
+    """panels (P, K, PANEL)[p, k] = matrix (K, N)[k, first + p·PANEL …], zero beyond ``last``:
+    columns first…last-1 in panels, read row by row (measured, a (1024, 256) matrix out of
+    cache: 0.45 ms, against 0.95 ms for NumPy's copy through a transposed view)."""
+    span = panels.shape[2]
+    for k in range(matrix.shape[0]):
+        row = matrix[k]
+        for p in range(panels.shape[0]):
+            start, target = first + p * span, panels[p, k]
+            width = max(0, min(span, last - start))
+            for j in range(width):
+                target[j] = row[start + j]
+            for j in range(width, span):
+                target[j] = 0
 
 
-@intrinsic
-def _sched_yield(typingctx):
-    """libc's sched_yield(): let another runnable thread have this core."""
-
-    def codegen(context, builder, signature, args):
-        function_type = ir.FunctionType(ir.IntType(32), [])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "sched_yield")
-        builder.call(function, [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@intrinsic
-def _monotonic_ns(typingctx):
-    """libc's clock_gettime(CLOCK_MONOTONIC) in nanoseconds: what the barrier waits are timed
-    with."""
-
-    def codegen(context, builder, signature, args):
-        word = ir.IntType(64)
-        timespec = ir.LiteralStructType([word, word])  # seconds, nanoseconds
-        function_type = ir.FunctionType(ir.IntType(32), [ir.IntType(32), timespec.as_pointer()])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "clock_gettime")
-        place = cgutils.alloca_once(builder, timespec)
-        builder.call(function, [ir.Constant(ir.IntType(32), time.CLOCK_MONOTONIC), place])
-        seconds, nanoseconds = (builder.load(cgutils.gep_inbounds(builder, place, 0, j))
-                                for j in (0, 1))  # fmt: skip
-        return builder.add(builder.mul(seconds, ir.Constant(word, 10**9)), nanoseconds)
-
-    return types.int64(), codegen
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def arrive(flags, lane, step):
-    """Lane ``lane`` announces that it reached ``step`` (flags[0, lane]), not waiting."""
-    _store_release(flags[0], lane, step)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def wait_for_all(flags, step):
-    """Wait until every lane has reached ``step``; returns the nanoseconds waited."""
-    start = _monotonic_ns()
-    for other in range(flags.shape[1]):
-        polls = 0
-        while _load_acquire(flags[0], other) < step:
-            polls += 1
-            if polls > SPIN_BEFORE_YIELD:
-                _sched_yield()
-    return _monotonic_ns() - start
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def arrive_and_wait(flags, lane, step):
-    """A barrier: ``arrive``, then ``wait_for_all``. Returns the nanoseconds waited."""
-    arrive(flags, lane, step)
-    return wait_for_all(flags, step)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def pack_gate_rows(weight, first, last, panels):
+    """panels (4, P, H, PANEL)[gate, p, :, j] = weight (G, H)[gate·H + first + p·PANEL + j]:
+    each gate's rows first…last-1 of W_hh, transposed into panels, zero beyond ``last``; read
+    row by row (measured, (1024, 256) out of cache: 0.31 ms, NumPy's transposing copy 0.50)."""
+    hidden, span = weight.shape[1], panels.shape[3]
+    for gate in range(4):
+        for p in range(panels.shape[1]):
+            start = first + p * span
+            width = max(0, min(span, last - start))
+            for j in range(width):
+                source = weight[gate * hidden + start + j]
+                for k in range(hidden):
+                    panels[gate, p, k, j] = source[k]
+            for j in range(width, span):
+                for k in range(hidden):
+                    panels[gate, p, k, j] = 0
 
 
 @numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")

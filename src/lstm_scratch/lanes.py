@@ -10,12 +10,13 @@ then runs on one core while the others wait. Two ways to share a step between la
 - By rows of the batch (``forward_rows_lane``, ``backward_rows_lane``), when the batch gives
   every lane enough rows for the kernel: each lane runs the whole recurrence of its rows, all
   units, reading all of the packed W_hh, and each lane's rows of a step lie together in memory.
-  The forward has no barrier in its time loop and no data from another core. The backward's
-  sums over rows (the bias gradient, or one-hot input's dW_ih) are split by columns instead,
-  one step behind the time loop (each lane waits until every lane has finished step t + 1,
-  then adds its columns of all of that step's rows), in the same order as one lane would add
-  them: the results do not depend on how the rows are split, and are those of the split by
-  units wherever the units' bounds fall on panel boundaries (``fast_layer.lane_bounds``).
+  No barrier in either time loop. A lane that has finished its rows is handed half of a
+  busier lane's remaining ones (``sync.py``): the cores' speeds drift within a call, and the
+  split made from earlier calls' speeds left one lane idle 1-3 ms per call on d. The
+  backward's sums over rows (the bias gradient, or one-hot input's dW_ih) come after the time
+  loop, split by columns, in the same order as one lane would add them: the results do not
+  depend on how the rows are split or handed over, and are those of the split by units
+  wherever the units' bounds fall on panel boundaries (``fast_layer.lane_bounds``).
 - By hidden units (``forward_lane``, ``backward_lane``), for small batches: lane k computes
   only its units' gate columns, z[:, gate·H + units_k] = h_{t-1} W_hh[gate·H + units_k]ᵀ for
   the four gates, runs those units' gate arithmetic, writes its part of h_t, and waits at a
@@ -24,21 +25,24 @@ then runs on one core while the others wait. Two ways to share a step between la
   dz W_hh[:, units_k] over all of dz.
 
 No Python and no GIL inside either. numba checks a cached function against its own file only:
-this file inlines the gate arithmetic of ``fused.py`` and the kernel of ``kernel.py``, so it
-carries their hashes (kept equal by a test), and an edit there forces one here, which
-refreshes this cache.
+this file inlines the gate arithmetic of ``fused.py``, the kernel of ``kernel.py`` and the
+synchronisation of ``sync.py``, so it carries their hashes (kept equal by a test), and an
+edit there forces one here, which refreshes this cache.
 """
 
 from __future__ import annotations
 
 import numba
 
+from . import sync
 from .fused import activate_units, gate_grads_units
-from .kernel import add_into, arrive, arrive_and_wait, product, wait_for_all
+from .kernel import add_into, product
+from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
+    "sync.py": "53e15a4532015bb28df843c6dc31765cf0ee765f3f833cb28863d531e6c4b8ab",
     "fused.py": "1b3a9b42c36304d038bf1506d285a3469d04f793897e31eb85f6533f4839036c",
-    "kernel.py": "b60dbd4faf67403565e70218274446b3a7d6b1027fddfedcee77a956b0cc48b0",
+    "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
 
 
@@ -102,7 +106,7 @@ def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, c
             _activate_row(gates[t, b], table[rows[t, b]], first, last, cs[t, b], cs[t + 1, b],
                           hs[t + 1, b], tanh_cs[t, b])  # fmt: skip
         waited += arrive_and_wait(flags, lane, t + 1)  # all of h_t is written
-    flags[1, lane] = waited
+    flags[sync.WORK, lane], flags[sync.WAITED, lane] = (last - first) * steps, waited
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -129,50 +133,105 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
                 add_into(target[gate, own], dz[gate, own])
         waited += arrive_and_wait(flags, lane, steps - t)  # all of dz_t is written
         _state_grad_product(dgates[t], packed, dh, first, last)  # (B, H) own columns
-    flags[1, lane] = waited
+    flags[sync.WORK, lane], flags[sync.WAITED, lane] = (last - first) * steps, waited
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
+                  flags):  # fmt: skip
+    """Rows first…last-1 from step ``start`` on, each step's first half handed over to a lane
+    that asks for it (``sync.offer``). Returns the row-steps done."""
+    steps, hidden = gates.shape[0], hs.shape[2]
+    # views from step ``start``, under new names, so that the loop counts from 0 (measured: a
+    # loop from a variable start made this 17 % slower, its steps' signs unknown to LLVM)
+    gates_, rows_, hs_, cs_ = gates[start:], rows[start:], hs[start:], cs[start:]
+    tanh_cs_ = tanh_cs[start:]
+    work = 0
+    publish(flags, sync.ROWS, lane, last - first)
+    for t in range(steps - start):
+        publish(flags, sync.PROGRESS, lane, start + t)
+        last = offer(flags, lane, first, last, start + t, steps)
+        _gates_product(hs_[t, first:last], packed, gates_[t, first:last], 0, hidden, has_input)
+        for b in range(first, last):
+            _activate_row(gates_[t, b], table[rows_[t, b]], 0, hidden, cs_[t, b], cs_[t + 1, b],
+                          hs_[t + 1, b], tanh_cs_[t, b])  # fmt: skip
+        work += last - first
+    publish(flags, sync.ROWS, lane, 0)
+    return work
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
                       flags):  # fmt: skip
-    """Lane ``lane``'s part of ``cell.lstm_forward``: batch rows first…last-1, all units.
+    """Lane ``lane``'s part of ``cell.lstm_forward``: batch rows first…last-1, all units, then
+    rows handed over by busier lanes (``sync.steal``), whose requests it answers before each
+    step (``sync.offer``).
 
     packed (4·P, H, PANEL): all of W_hh's rows, P panels per gate, each transposed (H, PANEL);
     the other arguments as ``forward_lane``'s."""
-    steps, hidden = gates.shape[0], hs.shape[2]
-    for t in range(steps):
-        _gates_product(hs[t, first:last], packed, gates[t, first:last], 0, hidden, has_input)
-        for b in range(first, last):
-            _activate_row(gates[t, b], table[rows[t, b]], 0, hidden, cs[t, b], cs[t + 1, b],
-                          hs[t + 1, b], tanh_cs[t, b])  # fmt: skip
+    steps = gates.shape[0]
+    start, waited, work = 0, 0, 0
+    while first < last:
+        work += _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs,
+                              cs, tanh_cs, flags)  # fmt: skip
+        first, last, start, asked = steal(flags, lane, steps)
+        waited += asked
+    close(flags, lane)
+    flags[sync.WORK, lane] = work
     arrive(flags, lane, 1)  # done: the time it waits for the others tells its speed
-    flags[1, lane] = wait_for_all(flags, 1)
+    flags[sync.WAITED, lane] = waited + wait_for_all(flags, 1)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates,
-                       bias_grad, table_grad, rows, flags):  # fmt: skip
-    """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1.
+def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags):
+    """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
+    already), each step's first half handed over to a lane that asks (``sync.offer``; a step
+    is counted as steps done, T-1-t). Returns the row-steps done."""
+    steps, hidden = gates.shape[0], dh.shape[1]
+    left = steps - done  # views of the steps left, under new names (measured: a loop from
+    # T-1-done made this 15 % slower, and so did giving the views the arguments' names)
+    dy_, gates_, cs_, dgates_ = dy[:left], gates[:left], cs[:left], dgates[:left]
+    tanh_cs_ = tanh_cs[:left]
+    work = 0
+    publish(flags, sync.ROWS, lane, last - first)
+    for t in range(left - 1, -1, -1):
+        publish(flags, sync.PROGRESS, lane, steps - 1 - t)
+        last = offer(flags, lane, first, last, steps - 1 - t, steps)
+        for b in range(first, last):
+            _gate_grads_row(gates_[t, b], dgates_[t, b], 0, hidden, dy_[t, b], dh[b], dc[b],
+                            cs_[t, b], tanh_cs_[t, b])  # fmt: skip
+        _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
+        work += last - first
+    publish(flags, sync.ROWS, lane, 0)
+    return work
 
-    packed (P, G, PANEL): all of W_hh's columns in panels; the other arguments as
-    ``backward_lane``'s. The sums over rows into bias_grad or table_grad are split by columns:
-    this lane adds columns G·lane/lanes … G·(lane+1)/lanes of every row of step t + 1, once
-    every lane has finished that step (it announces t's after t's product), in the order of
-    ``backward_lane``: t descending, then b."""
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, sums,
+                       rows, flags):  # fmt: skip
+    """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1, then
+    rows handed over by busier lanes (as ``forward_rows_lane``), and then its columns of the
+    sums over rows.
+
+    packed (P, G, PANEL): all of W_hh's columns in panels; dy … dgates as ``backward_lane``'s.
+    sums (D, G) float64 gets each dz_t[b] added into its row rows[t, b]: one-hot input's dW_ihᵀ,
+    or (D = 1, rows all 0) the bias gradient. Once every row of every step is done, this lane
+    adds columns G·lane/lanes … G·(lane+1)/lanes of them, t descending, then b, as
+    ``backward_lane`` does: the results do not depend on the split. (In the time loop, a step
+    behind, these sums held the lanes in step; measured on d, the waits that cost outweighed
+    the sums' reading dgates once more here.)"""
     steps, batch, four_h = gates.shape
-    hidden, count = four_h // 4, flags.shape[1]
+    count = flags.shape[1]
+    done, waited, work = 0, 0, 0
+    while first < last:
+        work += _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc,
+                               dgates, flags)  # fmt: skip
+        first, last, done, asked = steal(flags, lane, steps)
+        waited += asked
+    close(flags, lane)
+    waited += arrive_and_wait(flags, lane, 1)  # every row of every step is done
     low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
-    waited = 0
-    for t in range(steps - 1, -2, -1):  # t = -1: only step 0's sums
-        if t >= 0:
-            for b in range(first, last):
-                _gate_grads_row(gates[t, b], dgates[t, b], 0, hidden, dy[t, b], dh[b], dc[b],
-                                cs[t, b], tanh_cs[t, b])  # fmt: skip
-            _state_grad_product(dgates[t, first:last], packed, dh[first:last], 0, hidden)
-            arrive(flags, lane, steps - t)  # this lane's rows of dz_t are written
-        if t + 1 < steps:  # the sums of step t + 1, for which every lane's dz is written
-            waited += wait_for_all(flags, steps - t - 1)
-            for b in range(batch):
-                target = bias_grad if table_grad is None else table_grad[rows[t + 1, b]]
-                add_into(target[low:high], dgates[t + 1, b, low:high])
-    flags[1, lane] = waited
+    for t in range(steps - 1, -1, -1):
+        for b in range(batch):
+            add_into(sums[rows[t, b], low:high], dgates[t, b, low:high])
+    flags[sync.WORK, lane], flags[sync.WAITED, lane] = work, waited
