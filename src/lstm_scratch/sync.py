@@ -79,6 +79,18 @@ def _compare_exchange(typingctx, flags, i, expected, value):
 
 
 @intrinsic
+def _fetch_add(typingctx, counts, i, value):
+    """counts[i] += value, atomically (acquire and release), for an int64 array."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+        return context.get_dummy_value()
+
+    return types.void(counts, types.intp, types.int64), codegen
+
+
+@intrinsic
 def _sched_yield(typingctx):
     """libc's sched_yield(): let another runnable thread have this core."""
 
@@ -140,6 +152,31 @@ def arrive_and_wait(flags, lane, step):
 def publish(flags, row, lane, value):
     """flags[row, lane] = value, seen by the other lanes' atomic reads."""
     _store_release(flags[row], lane, value)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def count_rows(counts, step, rows):
+    """Announce ``rows`` more rows of ``step`` done: counts[step] += rows (atomic)."""
+    _fetch_add(counts, step, rows)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def rows_done(counts, step):
+    """How many rows of ``step`` the lanes have announced done."""
+    return _load_acquire(counts, step)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def now_ns():
+    """The monotonic clock in nanoseconds."""
+    return _monotonic_ns()
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def pause(polls):
+    """One poll of a wait: after SPIN_BEFORE_YIELD of them, each also yields the core."""
+    if polls > SPIN_BEFORE_YIELD:
+        _sched_yield()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
