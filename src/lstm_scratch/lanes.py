@@ -40,7 +40,7 @@ from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
-    "sync.py": "18e6a3c53338913a0a45d198c043d21accdf2ece47bf4fce3782174c6d5dee42",
+    "sync.py": "7a61100d24767d6d4f2d1745fbceebd32119fe76c35c0fd20b355db391cfbbe4",
     "fused.py": "c13fd846f73406e4ac9d3b1c2f5bef8d3337c6acee16e254af113b026859b260",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
@@ -253,7 +253,7 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
         waited += asked
     close(flags, lane)
     polls, since = 0, 0
-    while cursor < steps:  # the sums of the steps other lanes were still on
+    while cursor < steps and not sync.failed(flags, lane):  # the steps others were still on
         following = _add_sums(dgates, ids, sums, low, high, counts, cursor, steps - 1)
         if following > cursor and polls > 0:
             waited += sync.now_ns() - since

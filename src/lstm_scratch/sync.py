@@ -15,6 +15,10 @@ READY publishes their h and c. A row's arithmetic is the same in any lane, so th
 not depend on who computed which row at which step. A lane waiting for an answer answers the
 requests made of it (with nothing); a lane that leaves closes its REQUEST first.
 
+Rows done per step (``count_rows``, ``rows_done``): an int64 count per time step, added to
+atomically, which tells a lane that every row of a step is done whoever did it (the backward
+sums over rows by it).
+
 The compiled functions here are inlined into ``lanes.py``, whose numba cache does not see edits
 to this file: ``lanes.py`` carries this file's hash (a test keeps it current).
 """
@@ -164,6 +168,12 @@ def count_rows(counts, step, rows):
 def rows_done(counts, step):
     """How many rows of ``step`` the lanes have announced done."""
     return _load_acquire(counts, step)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def failed(flags, lane):
+    """Whether a lane has failed (``fast_layer._run_lanes`` then sets every BARRIER to FAILED)."""
+    return _load_acquire(flags[BARRIER], lane) == FAILED
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
