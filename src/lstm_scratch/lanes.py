@@ -13,10 +13,11 @@ then runs on one core while the others wait. Two ways to share a step between la
   No barrier in either time loop. A lane that has finished its rows is handed half of a
   busier lane's remaining ones (``sync.py``): the cores' speeds drift within a call, and the
   split made from earlier calls' speeds left one lane idle 1-3 ms per call on d. The
-  backward's sums over rows (the bias gradient, or one-hot input's dW_ih) come after the time
-  loop, split by columns, in the same order as one lane would add them: the results do not
-  depend on how the rows are split or handed over, and are those of the split by units
-  wherever the units' bounds fall on panel boundaries (``fast_layer.lane_bounds``).
+  backward's sums over rows (the bias gradient, or one-hot input's dW_ih) are split by
+  columns: each lane adds its columns of every step all lanes have finished (rows done are
+  counted per step), between its own steps, in the same order as one lane would add them: the
+  results do not depend on how the rows are split or handed over, and are those of the split
+  by units wherever the units' bounds fall on panel boundaries (``fast_layer.lane_bounds``).
 - By hidden units (``forward_lane``, ``backward_lane``), for small batches: lane k computes
   only its units' gate columns, z[:, gate·H + units_k] = h_{t-1} W_hh[gate·H + units_k]ᵀ for
   the four gates, runs those units' gate arithmetic, writes its part of h_t, and waits at a
@@ -139,8 +140,8 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
                   flags):  # fmt: skip
-    """Rows first…last-1 from step ``start`` on, each step's first half handed over to a lane
-    that asks for it (``sync.offer``). Returns the row-steps done."""
+    """Rows first…last-1 from step ``start`` on; before each step, the upper half of them is
+    handed over to a lane that has asked (``sync.offer``). Returns the row-steps done."""
     steps, hidden = gates.shape[0], hs.shape[2]
     # views from step ``start``, under new names, so that the loop counts from 0 (measured: a
     # loop from a variable start made this 17 % slower, its steps' signs unknown to LLVM)
@@ -200,10 +201,10 @@ def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
 def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
                    counts, sums, ids, low, high, cursor):  # fmt: skip
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
-    already), each step's first half handed over to a lane that asks (``sync.offer``; a step
-    is counted as steps done, T-1-t); after each step, the lane's columns of the sums of the
-    steps before it that every lane has finished (``_add_sums`` from ``cursor``). Returns the
-    row-steps done and the sums' next step."""
+    already); before each step the upper half of them is handed over to a lane that has asked
+    (``sync.offer``; steps counted as steps done, T-1-t); after each, the lane's columns of the
+    sums of the steps before it that every lane has finished (``_add_sums`` from ``cursor``).
+    Returns the row-steps done and the sums' next step."""
     steps, hidden = gates.shape[0], dh.shape[1]
     left = steps - done  # views of the steps left, under new names (measured: a loop from
     # T-1-done made this 15 % slower, and so did giving the views the arguments' names)
