@@ -34,6 +34,7 @@ edit there forces one here, which refreshes this cache.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from . import sync
 from .fused import activate_units, gate_grads_units
@@ -171,7 +172,7 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
     packed (4·P, H, PANEL): all of W_hh's rows, P panels per gate, each transposed (H, PANEL);
     the other arguments as ``forward_lane``'s."""
     steps = gates.shape[0]
-    start, waited, work = 0, 0, 0
+    start, waited, work = np.int64(0), 0, 0  # (a literal 0 would compile _forward_rows twice)
     while first < last:
         work += _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs,
                               cs, tanh_cs, flags)  # fmt: skip
@@ -244,7 +245,8 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
     steps, four_h = gates.shape[0], gates.shape[2]
     count = flags.shape[1]
     low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
-    done, waited, work, cursor = 0, 0, 0, 0
+    done, cursor = np.int64(0), np.int64(0)  # (literal 0s would compile _backward_rows twice)
+    waited, work = 0, 0
     while first < last:
         rows_work, cursor = _backward_rows(lane, first, last, done, packed, dy, gates, cs,
                                            tanh_cs, dh, dc, dgates, flags, counts, sums, ids,
