@@ -42,7 +42,7 @@ from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
-    "sync.py": "7a61100d24767d6d4f2d1745fbceebd32119fe76c35c0fd20b355db391cfbbe4",
+    "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
     "fused.py": "c13fd846f73406e4ac9d3b1c2f5bef8d3337c6acee16e254af113b026859b260",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
@@ -255,16 +255,9 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
         first, last, done, asked = steal(flags, lane, steps)
         waited += asked
     close(flags, lane)
-    polls, since = 0, 0
+    batch = gates.shape[1]
     while cursor < steps and not sync.failed(flags, lane):  # the steps others were still on
-        following = _add_sums(dgates, ids, sums, low, high, counts, cursor, steps - 1)
-        if following > cursor and polls > 0:
-            waited += sync.now_ns() - since
-            polls = 0
-        elif following == cursor:
-            since = sync.now_ns() if polls == 0 else since
-            polls += 1
-            sync.pause(polls)
-        cursor = following
+        waited += sync.wait_for_rows(counts, cursor, batch, flags, lane)
+        cursor = _add_sums(dgates, ids, sums, low, high, counts, cursor, steps - 1)
     flags[sync.WORK, lane] = work
     flags[sync.WAITED, lane] = waited + arrive_and_wait(flags, lane, 1)

@@ -127,8 +127,21 @@ def _monotonic_ns(typingctx):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def failed(flags, lane):
+    """Whether a lane has failed (``fast_layer._run_lanes`` then sets every BARRIER to FAILED)."""
+    return _load_acquire(flags[BARRIER], lane) == FAILED
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def pause(polls):
+    """One poll of a wait: after SPIN_BEFORE_YIELD of them, each also yields the core."""
+    if polls > SPIN_BEFORE_YIELD:
+        _sched_yield()
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def arrive(flags, lane, step):
-    """Lane ``lane`` announces that it reached ``step`` (flags[0, lane]), not waiting."""
+    """Lane ``lane`` announces that it reached ``step`` (flags[BARRIER, lane]), not waiting."""
     _store_release(flags[BARRIER], lane, step)
 
 
@@ -140,8 +153,7 @@ def wait_for_all(flags, step):
         polls = 0
         while _load_acquire(flags[BARRIER], other) < step:
             polls += 1
-            if polls > SPIN_BEFORE_YIELD:
-                _sched_yield()
+            pause(polls)
     return _monotonic_ns() - start
 
 
@@ -171,22 +183,14 @@ def rows_done(counts, step):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def failed(flags, lane):
-    """Whether a lane has failed (``fast_layer._run_lanes`` then sets every BARRIER to FAILED)."""
-    return _load_acquire(flags[BARRIER], lane) == FAILED
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def now_ns():
-    """The monotonic clock in nanoseconds."""
-    return _monotonic_ns()
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def pause(polls):
-    """One poll of a wait: after SPIN_BEFORE_YIELD of them, each also yields the core."""
-    if polls > SPIN_BEFORE_YIELD:
-        _sched_yield()
+def wait_for_rows(counts, step, rows, flags, lane):
+    """Wait until ``rows`` rows of ``step`` are announced done (or a lane has failed); returns
+    the nanoseconds waited."""
+    start, polls = _monotonic_ns(), 0
+    while rows_done(counts, step) < rows and not failed(flags, lane):
+        polls += 1
+        pause(polls)
+    return _monotonic_ns() - start
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -221,7 +225,7 @@ def steal(flags, lane, steps):
             rows = _load_acquire(flags[ROWS], other)
             if other != lane and left >= MIN_STEPS_TO_SPLIT and rows >= 2 and left * rows > most:
                 victim, most = other, left * rows
-        if victim < 0 or _load_acquire(flags[BARRIER], lane) == FAILED:
+        if victim < 0 or failed(flags, lane):
             return 0, 0, steps, _monotonic_ns() - start
         _store_release(flags[READY], lane, 0)
         if _compare_exchange(flags[REQUEST], victim, 0, lane + 1) != 0:
@@ -230,11 +234,10 @@ def steal(flags, lane, steps):
         polls = 0
         while _load_acquire(flags[READY], lane) == 0:
             offer(flags, lane, 0, 0, steps, steps)  # asked meanwhile: nothing to give
-            if _load_acquire(flags[BARRIER], lane) == FAILED:
+            if failed(flags, lane):
                 return 0, 0, steps, _monotonic_ns() - start
             polls += 1
-            if polls > SPIN_BEFORE_YIELD:
-                _sched_yield()
+            pause(polls)
         first, last = flags[GIVEN_FIRST, lane], flags[GIVEN_LAST, lane]
         if first < last:
             return first, last, flags[GIVEN_STEP, lane], _monotonic_ns() - start
