@@ -112,6 +112,18 @@ def _polynomial(z):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def estrin7(r, coefficients):
+    """c0 + c1 r + … + c6 r⁶ for coefficients (c6, …, c0) by Estrin's scheme: three multiply-adds
+    deep where Horner's is seven, so more elements are in flight at once (see activate_units)."""
+    c6, c5, c4, c3 = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
+    c2, c1, c0 = coefficients[4], coefficients[5], coefficients[6]  # (indexed, not unpacked:
+    r2 = r * r  # exp_parts types this for float64's 13 coefficients too, then never runs it)
+    low = fma(fma(c3, r, c2), r2, fma(c1, r, c0))  # c0 + c1 r + c2 r² + c3 r³
+    high = fma(c6, r2, fma(c5, r, c4))  # c4 + c5 r + c6 r²
+    return fma(high, r2 * r2, low)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def exp_parts(x):
     """(s, m) with exp(x) = s + s·m and expm1(x) = (s − 1) + s·m, each exact to the last few bits
     (expm1 too: near 0, k = 0 and s = 1 exactly). For x ≤ 0."""
@@ -119,9 +131,13 @@ def exp_parts(x):
     x = max(x, lowest)
     k = np.floor(fma(x, like(x, INV_LN2), like(x, 0.5)))  # round to nearest
     r = fma(k, -ln2_lo, fma(k, -ln2_hi, x))  # x − k·ln 2 in two parts, |r| ≤ ln2/2
-    q = like(x, 0.0)
-    for coefficient in polynomial(x):  # Horner; a constant tuple, so LLVM unrolls it
-        q = fma(q, r, coefficient)
+    coefficients = polynomial(x)
+    if len(coefficients) == 7:  # float32: Estrin's scheme (largest relative error over the gates
+        q = estrin7(r, coefficients)  # against float64: 1.8e-7, Horner's 1.6e-7)
+    else:  # float64: Horner's; a constant tuple, so LLVM unrolls it
+        q = like(x, 0.0)
+        for coefficient in coefficients:
+            q = fma(q, r, coefficient)
     return _power_of_two(k), r * q
 
 
@@ -157,19 +173,20 @@ def _activate(z, c_prev, c, h, tanh_c):
 def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
     """``_activate`` for some hidden units, each gate's pre-activations (n,) apart.
 
-    One short loop per kind of work, each over contiguous memory and indexed by its counter
-    alone, so LLVM vectorises every one (measured: 2x faster in float32 than one loop doing all
-    of it; and an index like z[hidden + j] makes numba test for negative indices at each
-    element, which alone stops vectorisation).
+    Short loops over contiguous memory, each indexed by its counter alone, so that LLVM
+    vectorises every one (an index like z[hidden + j] makes numba test for negative indices at
+    each element, which alone stops vectorisation). A sigmoid or tanh is a chain of about 15
+    dependent instructions: two gates per loop keep two chains in flight. Measured in cache
+    (float32, B 32, H 256, one process, 40 alternating rounds, medians of the paired
+    differences): 6.47 ns per unit with one loop per gate and Horner's polynomial; -0.42 with
+    Estrin's; -1.20 with Estrin's and two gates per loop. All four gates in one loop, or tanh(c)
+    over two halves at once, measured no different (within ±0.25); one loop doing all of the
+    row's work, c and h included, was 2x slower.
     """
     for j in range(c.size):
-        zi[j] = sigmoid(zi[j])
+        zi[j], zf[j] = sigmoid(zi[j]), sigmoid(zf[j])
     for j in range(c.size):
-        zf[j] = sigmoid(zf[j])
-    for j in range(c.size):
-        zg[j] = tanh(zg[j])
-    for j in range(c.size):
-        zo[j] = sigmoid(zo[j])
+        zg[j], zo[j] = tanh(zg[j]), sigmoid(zo[j])
     for j in range(c.size):
         c[j] = zf[j] * c_prev[j] + zi[j] * zg[j]
     for j in range(c.size):

@@ -43,7 +43,7 @@ from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_fo
 
 INLINED_SHA256 = {
     "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
-    "fused.py": "c13fd846f73406e4ac9d3b1c2f5bef8d3337c6acee16e254af113b026859b260",
+    "fused.py": "a7403f41dbfe477d3c71f5b3df8b09dc5f7065d0c7a2c98e35f14daf4fd0cf0a",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
 
