@@ -160,7 +160,7 @@ def tanh(z):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def _activate(z, c_prev, c, h, tanh_c):
+def activate(z, c_prev, c, h, tanh_c):
     """One row of one step: z (G,) arrives holding the pre-activations and leaves holding
     i, f, g, o; writes c, h, tanh(c) (H,) from c_prev (H,)."""
     hidden = c.size
@@ -171,7 +171,7 @@ def _activate(z, c_prev, c, h, tanh_c):
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
-    """``_activate`` for some hidden units, each gate's pre-activations (n,) apart.
+    """``activate`` for some hidden units, each gate's pre-activations (n,) apart.
 
     Short loops over contiguous memory, each indexed by its counter alone, so that LLVM
     vectorises every one (an index like z[hidden + j] makes numba test for negative indices at
@@ -196,7 +196,7 @@ def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def _gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
+def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
     """One row of one step backward: a (G,) the activated gates; dh, dc (H,) arrive as the
     gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'."""
     n = dh.size
@@ -208,7 +208,7 @@ def _gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def gate_grads_units(ai, af, ag, ao, dy, dh, dc, c_prev, tanh_c, di, df, dg, do):
-    """``_gate_grads`` for some hidden units, each gate's values (n,) apart."""
+    """``gate_grads`` for some hidden units, each gate's values (n,) apart."""
     one = like(dh[0], 1.0)  # (the literal 1 would promote float32 to float64)
     for j in range(dh.size):
         i, f, g, o = ai[j], af[j], ag[j], ao[j]
@@ -226,7 +226,7 @@ def activate_step(gates, c_prev, c, h, tanh_c):
     """One step's gate arithmetic for every row: gates (B, G) arrive holding the
     pre-activations and leave holding i, f, g, o; writes c, h, tanh(c) (B, H)."""
     for b in range(gates.shape[0]):
-        _activate(gates[b], c_prev[b], c[b], h[b], tanh_c[b])
+        activate(gates[b], c_prev[b], c[b], h[b], tanh_c[b])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -242,7 +242,7 @@ def forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
                 h_k = hs[t, b, k]
                 for j in range(four_h):
                     z[j] += h_k * weight_hh_t[k, j]
-            _activate(z, cs[t, b], cs[t + 1, b], hs[t + 1, b], tanh_cs[t, b])
+            activate(z, cs[t, b], cs[t + 1, b], hs[t + 1, b], tanh_cs[t, b])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -254,7 +254,7 @@ def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             dz = dgates[t, b]  # (G,)
-            _gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz)
+            gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz)
             dh[b] = 0
             for k in range(four_h):  # dh_{t-1} = dz W_hh, row by row
                 dz_k = dz[k]

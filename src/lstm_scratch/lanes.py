@@ -37,13 +37,13 @@ import numba
 import numpy as np
 
 from . import sync
-from .fused import activate_units, gate_grads_units
+from .fused import activate, activate_units, gate_grads, gate_grads_units
 from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
     "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
-    "fused.py": "a7403f41dbfe477d3c71f5b3df8b09dc5f7065d0c7a2c98e35f14daf4fd0cf0a",
+    "fused.py": "bb502fdbd900d38c280ab13d703656116b3511c17842823460d294ad6d701dd0",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
 
@@ -154,9 +154,9 @@ def _forward_rows(lane, first, last, start, packed, gates, has_input, table, row
         publish(flags, sync.PROGRESS, lane, start + t)
         last = offer(flags, lane, first, last, start + t, steps)
         _gates_product(hs_[t, first:last], packed, gates_[t, first:last], 0, hidden, has_input)
-        for b in range(first, last):
-            _activate_row(gates_[t, b], table[rows_[t, b]], 0, hidden, cs_[t, b], cs_[t + 1, b],
-                          hs_[t + 1, b], tanh_cs_[t, b])  # fmt: skip
+        for b in range(first, last):  # whole rows: no per-gate views (see _backward_rows)
+            add_into(gates_[t, b], table[rows_[t, b]])
+            activate(gates_[t, b], cs_[t, b], cs_[t + 1, b], hs_[t + 1, b], tanh_cs_[t, b])
         work += last - first
     publish(flags, sync.ROWS, lane, 0)
     return work
@@ -216,9 +216,10 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
     for t in range(left - 1, -1, -1):
         publish(flags, sync.PROGRESS, lane, steps - 1 - t)
         last = offer(flags, lane, first, last, steps - 1 - t, steps)
-        for b in range(first, last):
-            _gate_grads_row(gates_[t, b], dgates_[t, b], 0, hidden, dy_[t, b], dh[b], dc[b],
-                            cs_[t, b], tanh_cs_[t, b])  # fmt: skip
+        for b in range(first, last):  # whole rows (the units' views of _gate_grads_row cost
+            # 0.5 ns per unit more, measured in cache: 1.39 against 0.88)
+            gate_grads(gates_[t, b], dy_[t, b], dh[b], dc[b], cs_[t, b], tanh_cs_[t, b],
+                       dgates_[t, b])  # fmt: skip
         _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
         sync.count_rows(counts, steps - 1 - t, last - first)
         work += last - first
