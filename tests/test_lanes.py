@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from lstm_scratch import backend, fast_layer, fused, kernel, lanes, sync
+from lstm_scratch import backend, fast_layer, fused, kernel, lanes, ops, sync
 
 
 def test_lanes_carry_the_hashes_of_the_files_they_inline_from():
@@ -131,11 +131,15 @@ def test_results_do_not_depend_on_how_the_work_is_split(dtype, one_hot, monkeypa
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["dy", "dy = dout W"])
 @pytest.mark.parametrize("one_hot", [True, False], ids=["ids input", "dense input"])
-def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(one_hot, monkeypatch):
+def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
+    one_hot, deferred, monkeypatch
+):
     """By rows, forward and backward: lane 1 starts with one row, finishes first and is handed
     some of lane 0's (``sync.steal``, ``sync.offer``); every output and gradient is that of one
-    lane, bit for bit. Whether a hand-over happens depends on timing, so up to five tries must
+    lane, bit for bit, dy given as an array or as an ``ops.LinearInputGrad`` that the lanes
+    multiply out. Whether a hand-over happens depends on timing, so up to five tries must
     show one in each direction."""
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
     steps, batch, hidden, vocab = 60, 24, 128, 11
@@ -147,6 +151,8 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(one_ho
         x = rng.normal(size=(steps, batch, vocab))
     h0, c0 = rng.normal(size=(2, batch, hidden))
     dy = rng.normal(size=(steps, batch, hidden))
+    if deferred:  # dy = dout W, as the decoder's gradient reaches the last layer
+        dy = ops.LinearInputGrad(rng.normal(size=(steps, batch, 7)), rng.normal(size=(7, hidden)))
 
     def run():
         y, state, cache = fast_layer.lstm_forward(x, weights, h0, c0)

@@ -57,6 +57,22 @@ def test_linear_matches_finite_differences_and_torch():
         assert rel_error(ours, theirs.grad.numpy()) < 1e-12
 
 
+def test_linear_input_grad_stands_for_the_product():
+    rng = np.random.default_rng(2)
+    x, weight = rng.normal(size=(T, B, H)).astype(np.float32), rng.normal(size=(V, H))
+    dout = rng.normal(size=(T, B, V)).astype(np.float32)
+    dx, dweight, dbias = ops.linear_backward(dout, ops.LinearCache(x), weight.astype(np.float32))
+    deferred = ops.LinearInputGrad(dout, weight.astype(np.float32))
+    assert deferred.shape == x.shape and deferred.dtype == np.float32
+    np.testing.assert_array_equal(ops.as_array(deferred), dx)
+    assert ops.as_array(dx) is dx
+    expected = np.einsum("tbv,vh->tbh", dout.astype(np.float64), weight)
+    assert rel_error(dx, expected) < 1e-6
+    weight_grads = ops.linear_weight_grads(dout, ops.LinearCache(x))
+    for ours, theirs in zip(weight_grads, (dweight, dbias), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_matches_finite_differences_and_torch(reduction):
     rng = np.random.default_rng(2)

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .ops import one_hot, sigmoid_
+from .ops import as_array, one_hot, sigmoid_
 
 
 class LayerWeights(NamedTuple):
@@ -180,7 +180,8 @@ def lstm_backward(
     dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None,
     consume_cache=False,
 ):  # fmt: skip
-    """Backprop through time for one layer. dy (T, B, H); dh_n, dc_n (B, H) or None (zero).
+    """Backprop through time for one layer. dy (T, B, H) (or an ``ops.LinearInputGrad``
+    standing for it); dh_n, dc_n (B, H) or None (zero).
 
     Returns dx (T, B, D) (None for ids), (dh_0, dc_0) each (B, H), and the weight gradients as
     LayerWeights (written into ``grads`` when given: overwritten, not accumulated).
@@ -188,6 +189,7 @@ def lstm_backward(
     of the pre-activations over its gates (the numba one does; this one, which still reads a
     step's gates while it writes that step's, does not).
     """
+    dy = as_array(dy)  # (T, B, H)
     dh, dc, dgates = start_backward(dy, dh_n, dc_n)
     scratch = np.empty_like(dh)  # (B, H)
     for t in reversed(range(dy.shape[0])):

@@ -43,6 +43,7 @@ from .cell import (
     start_forward,
 )
 from .kernel import pack_columns, pack_gate_rows, panel_width
+from .ops import LinearInputGrad, as_array
 
 
 def _weight_ih_grad_from_ids(ids, dgates_2d, out):
@@ -93,15 +94,17 @@ def lstm_backward(
     dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None,
     consume_cache=False,
 ):  # fmt: skip
-    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. With
-    ``consume_cache``, dgates is written over cache.gates, each (t, b) row once its gates are
-    read: one (T, B, G) array less (training's peak RSS, bench: d 237 → 212 MiB, c 337 → 312;
-    a step's time: no difference measured, −1.30 against −1.39 ms without it in one run of
-    ``benchmarks/paired_ab.py`` on d, whose runs spread by about 2 ms)."""
+    """As ``cell.lstm_backward``; the same split by step size as ``lstm_forward``. Lanes by
+    rows take dy as an ``ops.LinearInputGrad`` as it is: each step's rows of dy = dout W are
+    multiplied out in the time loop. With ``consume_cache``, dgates is written over
+    cache.gates, each (t, b) row once its gates are read: one (T, B, G) array less (training's
+    peak RSS, bench: d 237 → 212 MiB, c 337 → 312; a step's time: no difference measured,
+    −1.30 against −1.39 ms without it in one run of ``benchmarks/paired_ab.py`` on d, whose
+    runs spread by about 2 ms)."""
     dh, dc, dgates = start_backward(dy, dh_n, dc_n, cache.gates if consume_cache else None)
-    dy = np.ascontiguousarray(dy)
     batch, hidden = dh.shape
     if is_small_step(batch, hidden):
+        dy = np.ascontiguousarray(as_array(dy))  # (T, B, H)
         weight_hh = np.ascontiguousarray(weights.weight_hh)  # (G, H)
         fused.backward_loop(dy, cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates)
         dx, grads = finish_backward(dgates, cache, weights, grads, _weight_ih_grad_from_ids)
@@ -248,6 +251,18 @@ def _forward_on_lanes(x, weights, h0, c0, count):
     return finish_forward(cache)
 
 
+def _rows_dy(dy, span):
+    """dy for ``lanes.backward_rows_lane``: (dy (T, B, H), W (P, V, PANEL), dout (T, B, V)). For
+    an ``ops.LinearInputGrad`` dy = dout W: no dy array (0, B, H), W packed by columns, dout;
+    for an array: dy itself, no panels (0, 1, PANEL), no dout (0, B, 1)."""
+    batch, hidden = dy.shape[1:]
+    if isinstance(dy, LinearInputGrad):
+        no_dy = np.empty((0, batch, hidden), dtype=dy.dtype)
+        return no_dy, _pack_columns(dy.weight, 0, hidden, span), np.ascontiguousarray(dy.dout)
+    no_panels = np.empty((0, 1, span), dtype=dy.dtype)
+    return np.ascontiguousarray(dy), no_panels, np.empty((0, batch, 1), dtype=dy.dtype)
+
+
 def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_rows_lane`` or
     ``lanes.backward_lane``, by ``_split``)."""
@@ -258,7 +273,7 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
         table_grad = np.zeros((weights.weight_ih.shape[1], four_h), dtype=np.float64)  # (D, G)
         rows = np.ascontiguousarray(cache.x)  # (T, B)
     else:
-        table_grad, rows = None, np.zeros((dy.shape[0], 0), dtype=np.intp)
+        table_grad, rows = None, np.zeros((dgates.shape[0], 0), dtype=np.intp)
     span = panel_width(dgates.dtype)
 
     def pack(first, last):
@@ -267,13 +282,16 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     split = _split(dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane,
                    pack)  # fmt: skip
     if split[0] is lanes.backward_rows_lane:  # the sums as steps are done
+        dy, dy_weight, dy_dout = _rows_dy(dy, span)
         sums = bias_grad.reshape(1, four_h) if table_grad is None else table_grad  # (D, G)
-        ids = rows if is_ids(cache.x) else np.zeros(dy.shape[:2], dtype=np.intp)  # (T, B)
-        sum_args = (sums, ids, np.zeros(dy.shape[0], dtype=np.int64))  # rows done per step
+        ids = rows if is_ids(cache.x) else np.zeros(dgates.shape[:2], dtype=np.intp)  # (T, B)
+        counts = np.zeros(dgates.shape[0], dtype=np.int64)  # rows done per step
+        lane_args = (dy, cache.gates, cache.cs, cache.tanh_cs, dh, dc, dgates, sums, ids, counts,
+                     dy_weight, dy_dout)  # fmt: skip
     else:  # the sums in the time loop
-        sum_args = (bias_grad, table_grad, rows)
-    _run_balanced(*split, np.ascontiguousarray(dy), cache.gates, cache.cs, cache.tanh_cs, dh, dc,
-                  dgates, *sum_args)  # fmt: skip
+        lane_args = (np.ascontiguousarray(as_array(dy)), cache.gates, cache.cs, cache.tanh_cs, dh,
+                     dc, dgates, bias_grad, table_grad, rows)  # fmt: skip
+    _run_balanced(*split, *lane_args)
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)
         out[...] = table_grad.T

@@ -200,25 +200,31 @@ def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
-                   counts, sums, ids, low, high, cursor):  # fmt: skip
+                   counts, sums, ids, low, high, cursor, dy_weight, dy_dout, step_dy):  # fmt: skip
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
     already); before each step the upper half of them is handed over to a lane that has asked
     (``sync.offer``; steps counted as steps done, T-1-t); after each, the lane's columns of the
     sums of the steps before it that every lane has finished (``_add_sums`` from ``cursor``).
+    With ``dy_weight`` panels, each step's rows of dy are dy_dout[t] W, made in ``step_dy``.
     Returns the row-steps done and the sums' next step."""
     steps, hidden = gates.shape[0], dh.shape[1]
     left = steps - done  # views of the steps left, under new names (measured: a loop from
     # T-1-done made this 15 % slower, and so did giving the views the arguments' names)
     dy_, gates_, cs_, dgates_ = dy[:left], gates[:left], cs[:left], dgates[:left]
-    tanh_cs_ = tanh_cs[:left]
+    tanh_cs_, dy_dout_ = tanh_cs[:left], dy_dout[:left]
     work = 0
     publish(flags, sync.ROWS, lane, last - first)
     for t in range(left - 1, -1, -1):
         publish(flags, sync.PROGRESS, lane, steps - 1 - t)
         last = offer(flags, lane, first, last, steps - 1 - t, steps)
+        if dy_weight.shape[0]:  # dy_t = dout_t W for these rows, while dout_t is in cache
+            dy_t = step_dy[: last - first]  # (R, H)
+            _state_grad_product(dy_dout_[t, first:last], dy_weight, dy_t, 0, hidden)
+        else:
+            dy_t = dy_[t, first:last]  # (R, H)
         for b in range(first, last):  # whole rows (the units' views of _gate_grads_row cost
             # 0.5 ns per unit more, measured in cache: 1.39 against 0.88)
-            gate_grads(gates_[t, b], dy_[t, b], dh[b], dc[b], cs_[t, b], tanh_cs_[t, b],
+            gate_grads(gates_[t, b], dy_t[b - first], dh[b], dc[b], cs_[t, b], tanh_cs_[t, b],
                        dgates_[t, b])  # fmt: skip
         _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
         sync.count_rows(counts, steps - 1 - t, last - first)
@@ -230,7 +236,7 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, sums,
-                       ids, counts, flags):  # fmt: skip
+                       ids, counts, dy_weight, dy_dout, flags):  # fmt: skip
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1, then
     rows handed over by busier lanes (as ``forward_rows_lane``), and its columns of the sums
     over rows.
@@ -242,16 +248,23 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
     do not depend on the split): step by step once counts[T-1-t] (zeros on entry) shows every
     row of the step done, between its own steps while dz is still in cache, and after its
     rows the steps left. (Summed after the whole time loop instead, the sums read dgates from
-    memory again; a step behind it, with a barrier, they held the lanes in step.)"""
+    memory again; a step behind it, with a barrier, they held the lanes in step.)
+
+    dy_weight (P, V, PANEL), dy_dout (T, B, V): with panels, dy = dy_dout W for W (V, H) packed
+    by columns (``ops.LinearInputGrad``, the decoder's gradient on the last layer), each
+    step's rows multiplied out before their gate gradients, and dy (0, B, H) is not read;
+    without (P = 0), dy (T, B, H) as given."""
     steps, four_h = gates.shape[0], gates.shape[2]
     count = flags.shape[1]
     low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
     done, cursor = np.int64(0), np.int64(0)  # (literal 0s would compile _backward_rows twice)
+    step_dy = np.empty((dh.shape[0], dh.shape[1]), dtype=dh.dtype)  # (B, H) one step's dy rows
     waited, work = 0, 0
     while first < last:
         rows_work, cursor = _backward_rows(lane, first, last, done, packed, dy, gates, cs,
                                            tanh_cs, dh, dc, dgates, flags, counts, sums, ids,
-                                           low, high, cursor)  # fmt: skip
+                                           low, high, cursor, dy_weight, dy_dout,
+                                           step_dy)  # fmt: skip
         work += rows_work
         first, last, done, asked = steal(flags, lane, steps)
         waited += asked

@@ -47,7 +47,8 @@ def stacked_lstm_backward(
     dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads, backend="auto",
     consume_cache=False,
 ):  # fmt: skip
-    """dy (T, B, H); dh_n, dc_n (L, B, H) or None; grads: per layer LayerWeights to write into.
+    """dy (T, B, H) (or an ``ops.LinearInputGrad``: the last layer's backward multiplies it
+    out); dh_n, dc_n (L, B, H) or None; grads: per layer LayerWeights to write into.
     ``consume_cache``: the caller will not use ``cache`` again (see ``cell.lstm_backward``).
 
     Returns dx (T, B, D) (None for ids) and (dh_0, dc_0) each (L, B, H).

@@ -151,11 +151,13 @@ class CharLM:
         loss, dlogits = cross_entropy(logits, targets, reduction)
         dlogits = dlogits.reshape(logits.shape)  # (T, B, V)
         grads = self.params.empty_like()  # every entry is written below
-        dy, grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_backward(
-            dlogits, cache.decoder_input, self.params["decoder.weight"]
-        )  # dy (T, B, H)
+        grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_weight_grads(
+            dlogits, cache.decoder_input
+        )
+        dy = ops.LinearInputGrad(dlogits, self.params["decoder.weight"])  # (T, B, H), multiplied
+        # out by the last LSTM layer's backward as it goes (see ops.LinearInputGrad)
         if cache.top_mask is not None:
-            dy *= cache.top_mask
+            dy = dy.array() * cache.top_mask  # (T, B, H)
         grad_layers = layer_views(grads, self.config.num_layers, prefix="lstm.")
         dx, _ = stacked_lstm_backward(
             dy, cache.lstm, self.layers, None, None, grad_layers, self.backend, consume_cache=True
