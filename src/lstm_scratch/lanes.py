@@ -1,7 +1,8 @@
 """Large steps on all cores: a layer's time loop run by a few threads ("lanes") at once, with
 the recurrent GEMM done by ``kernel.py``'s register-blocked kernel over weights packed once per
 call. Compiled; ``fast_layer.py`` packs the weights, picks the split and starts the lanes.
-Letters: T time, B batch, H hidden, G = 4H gates, U a lane's hidden units.
+Letters: T time, B batch, H hidden, G = 4H gates, U a lane's hidden units, V the decoder's
+outputs (when dy arrives as ``ops.LinearInputGrad``).
 
 Why. Calling BLAS for each step's small GEMM (B, H) @ (H, G) costs a re-packing of all of
 W_hh every step (OpenBLAS packs both operands on each call), and the step's gate arithmetic
@@ -83,8 +84,9 @@ def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c):
 
 @numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _state_grad_product(dz, packed, dh, first, last):
-    """dh[:, first…last-1] = dz W_hh[:, first…last-1]: dz (R, G), dh (R, H), packed (P, G,
-    PANEL) those columns of W_hh in panels."""
+    """dh[:, first…last-1] = dz W[:, first…last-1]: dz (R, K), dh (R, H), packed (P, K, PANEL)
+    those columns of W (K, H) in panels. The state gradient's product (W = W_hh, K = G), and
+    in ``_backward_rows`` also dy's (W the decoder's weight, K = V)."""
     span = packed.shape[2]
     for p in range(packed.shape[0]):
         start = first + p * span
