@@ -196,29 +196,47 @@ def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz):
+def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz, scratch):
     """One row of one step backward: a (G,) the activated gates; dh, dc (H,) arrive as the
-    gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'."""
+    gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations', by
+    way of scratch (G,) (see ``gate_grads_units``)."""
     n = dh.size
     gate_grads_units(
         a[:n], a[n : 2 * n], a[2 * n : 3 * n], a[3 * n :], dy, dh, dc, c_prev, tanh_c,
-        dz[:n], dz[n : 2 * n], dz[2 * n : 3 * n], dz[3 * n :],
+        dz[:n], dz[n : 2 * n], dz[2 * n : 3 * n], dz[3 * n :], scratch.reshape(4, n),
     )  # fmt: skip
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def gate_grads_units(ai, af, ag, ao, dy, dh, dc, c_prev, tanh_c, di, df, dg, do):
-    """``gate_grads`` for some hidden units, each gate's values (n,) apart."""
+def gate_grads_units(ai, af, ag, ao, dy, dh, dc, c_prev, tanh_c, di, df, dg, do, scratch):
+    """``gate_grads`` for some hidden units, each gate's values (n,) apart; scratch (4, n).
+
+    The loop writes the four gradients into scratch, then they are copied out: di … do may be
+    ai … ao themselves (the gates' cache consumed: ``lstm_backward(consume_cache=True)``), and
+    LLVM vectorises a loop only where its run-time check finds the arrays it writes apart from
+    those it reads; over the same memory it runs its scalar loop. Measured, one lane's share
+    of d's backward (B 32, H 256, T 100, in place): 5.3 → 1.9 ms in cache, 8.0 → 4.4 ms out
+    of it, the same bits; in a training step on d, the backward lanes −1.2 and −1.8 ms (two
+    runs of 40 alternating steps, either loading order)."""
     one = like(dh[0], 1.0)  # (the literal 1 would promote float32 to float64)
+    si, sf, sg, so = scratch[0], scratch[1], scratch[2], scratch[3]
     for j in range(dh.size):
         i, f, g, o = ai[j], af[j], ag[j], ao[j]
         dh_j = dh[j] + dy[j]
         dc_j = dc[j] + dh_j * o * (one - tanh_c[j] * tanh_c[j])
-        di[j] = dc_j * g * i * (one - i)
-        df[j] = dc_j * c_prev[j] * f * (one - f)
-        dg[j] = dc_j * i * (one - g * g)
-        do[j] = dh_j * tanh_c[j] * o * (one - o)
+        si[j] = dc_j * g * i * (one - i)
+        sf[j] = dc_j * c_prev[j] * f * (one - f)
+        sg[j] = dc_j * i * (one - g * g)
+        so[j] = dh_j * tanh_c[j] * o * (one - o)
         dc[j] = dc_j * f
+    for j in range(dh.size):
+        di[j] = si[j]
+    for j in range(dh.size):
+        df[j] = sf[j]
+    for j in range(dh.size):
+        dg[j] = sg[j]
+    for j in range(dh.size):
+        do[j] = so[j]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -251,10 +269,11 @@ def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
     dgates (T, B, G) is filled with the gradient of the pre-activations."""
     steps, batch, hidden = dy.shape
     four_h = 4 * hidden
+    scratch = np.empty(four_h, dtype=dgates.dtype)  # (G,) for gate_grads
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             dz = dgates[t, b]  # (G,)
-            gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz)
+            gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz, scratch)
             dh[b] = 0
             for k in range(four_h):  # dh_{t-1} = dz W_hh, row by row
                 dz_k = dz[k]
