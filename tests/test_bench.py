@@ -70,6 +70,7 @@ def test_bench_smoke_run_writes_json(tmp_path, capsys):
     assert set(results) == {"scratch", "torch"}
     assert all(r["median"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())
     assert report["train"]["a"]["ratio"] > 0 and "sample" in report
+    assert len(report["train"]["a"]["round_ratios"]) == 1  # one round in --quick
     printed = capsys.readouterr().out
     assert "train a (H 25" in printed and "ratio" in printed and "BLAS" in printed
 
@@ -95,3 +96,26 @@ def test_paired_ab_compares_two_trees_in_one_process(tmp_path):
     assert first.startswith(f"{tree}: median ") and " ms, min " in first
     assert "paired difference median" in second
     assert any(tmp_path.rglob("*.nbi"))  # numba's cache index, written where it was told
+
+
+def test_round_ratios_pair_each_round_with_the_faster_other():
+    results = {
+        "scratch": {"runs": [10.0, 12.0, 9.0]},
+        "torch": {"runs": [5.0, 8.0, 3.0]},
+        "torch-nomkldnn": {"runs": [4.0, 6.0, 4.5]},
+    }
+    assert bench.round_ratios(results) == [2.0, 1.5, 2.0]
+    assert bench.round_ratios({"scratch": {"runs": [1.0]}}) is None
+
+
+def test_report_prints_the_round_by_round_ratios():
+    summary = {"median": 1.0, "min": 1.0, "max": 1.0, "peak_rss_mib": 1.0}
+    report = {
+        "machine": {"cpus": 2, "numpy": "2", "blas": [],
+                    "openblas_env": {"OPENBLAS_CORETYPE": None}},
+        "gemm_peak_gflops": 100.0, "gemm_peak_samples": [100.0],
+        "train": {"d": {"config": dict(hidden=256, layers=1, vocab=65, batch=64, seq_len=100),
+                        "results": {"scratch": summary, "torch": summary}, "ratio": 1.4,
+                        "round_ratios": [1.2, 1.5, 1.3]}},
+    }  # fmt: skip
+    assert "ratio 1.40x; round by round 1.30x (1.20-1.50)" in bench.format_report(report)

@@ -3,8 +3,9 @@
 Each measurement runs in its own process (``bench_workers``), the implementations alternating
 A B A B … for several rounds, so that neither inherits the other's warm caches or threads, and a
 noisy moment hits both. Reported per configuration: chars/s median (min–max) of each, the ratio
-lstm-scratch / (the faster torch path), the fraction of this machine's measured float32 GEMM peak,
-and the peak resident memory of each process.
+lstm-scratch / (the faster torch path), the same ratio round by round (how far the host's speed
+moves it), the fraction of this machine's measured float32 GEMM peak, and the peak resident
+memory of each process.
 
 Configurations (float32, Adam, one-hot input, 2 threads), from issue #4:
     a: H 25, V 32, B 1, T 865 (the notebook's)     b: H 128, V 65, B 32, T 64
@@ -190,6 +191,16 @@ def ratio_to_torch(results: dict) -> float | None:
     return results["scratch"]["median"] / max(torch_rates) if torch_rates else None
 
 
+def round_ratios(results: dict) -> list[float] | None:
+    """Round by round, lstm-scratch's rate over the faster of the others' in the same round
+    (whose processes ran one after the other): how far the ratio moves with the host's speed."""
+    others = [v["runs"] for k, v in results.items() if k != "scratch"]
+    if not others:
+        return None
+    rounds = zip(results["scratch"]["runs"], *others, strict=True)
+    return [ours / max(theirs) for ours, *theirs in rounds]
+
+
 def run_bench(options: BenchOptions, log=print) -> dict:
     """Run everything ``options`` asks for; returns the full report (what --json writes)."""
     use_torch = options.torch and torch_available()
@@ -211,6 +222,7 @@ def run_bench(options: BenchOptions, log=print) -> dict:
             "config": dataclasses.asdict(config),
             "results": results,
             "ratio": ratio_to_torch(results),
+            "round_ratios": round_ratios(results),
         }
     report["gemm_peak_gflops"] = peak = max(peaks)
     report["gemm_peak_samples"] = peaks
@@ -230,6 +242,7 @@ def run_bench(options: BenchOptions, log=print) -> dict:
             "config": config.name,
             "results": results,
             "ratio": ratio_to_torch(results),
+            "round_ratios": round_ratios(results),
         }
     if options.notebook:
         results = measure(
@@ -238,6 +251,7 @@ def run_bench(options: BenchOptions, log=print) -> dict:
         report["notebook"] = {
             "results": results,
             "ratio": results["scratch"]["median"] / results["notebook"]["median"],
+            "round_ratios": round_ratios(results),
         }
     return report
 
@@ -257,10 +271,11 @@ def format_report(report: dict) -> str:
         f"float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s (best of "
         + ", ".join(f"{p:.0f}" for p in report["gemm_peak_samples"])
         + ")",
-        "chars/s, median (min-max); ratio = lstm-scratch / faster torch path",
+        "chars/s, median (min-max); ratio = lstm-scratch / faster torch path (medians), then"
+        " round by round: median (min-max)",
     ]
 
-    def rows(title, results, ratio, extra=""):
+    def rows(title, results, ratio, extra="", per_round=None):
         cells = [
             f"{impl} {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}), "
             f"{s['peak_rss_mib']:.0f} MiB"
@@ -268,6 +283,11 @@ def format_report(report: dict) -> str:
             for impl, s in results.items()
         ]
         ratio_text = f"  ratio {ratio:.2f}x" if ratio is not None else ""
+        if per_round:
+            ratio_text += (
+                f"; round by round {statistics.median(per_round):.2f}x"
+                f" ({min(per_round):.2f}-{max(per_round):.2f})"
+            )
         lines.append(f"{title}{extra}:{ratio_text}")
         lines.extend(f"    {cell}" for cell in cells)
 
@@ -276,11 +296,17 @@ def format_report(report: dict) -> str:
         shape = (
             f" (H {c['hidden']}, L {c['layers']}, V {c['vocab']}, B {c['batch']}, T {c['seq_len']})"
         )
-        rows(f"train {name}", entry["results"], entry["ratio"], shape)
+        rows(f"train {name}", entry["results"], entry["ratio"], shape, entry.get("round_ratios"))
     if "sample" in report:
         s = report["sample"]
-        rows(f"sample (config {s['config']}, batch 1)", s["results"], s["ratio"])
+        rows(
+            f"sample (config {s['config']}, batch 1)", s["results"], s["ratio"],
+            per_round=s.get("round_ratios"),
+        )  # fmt: skip
     if "notebook" in report:
         n = report["notebook"]
-        rows("notebook setup (float64 SGD) vs the notebook's code", n["results"], n["ratio"])
+        rows(
+            "notebook setup (float64 SGD) vs the notebook's code", n["results"], n["ratio"],
+            per_round=n.get("round_ratios"),
+        )  # fmt: skip
     return "\n".join(lines)
