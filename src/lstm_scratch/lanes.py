@@ -38,13 +38,13 @@ import numba
 import numpy as np
 
 from . import sync
-from .fused import activate, activate_units, gate_grads, gate_grads_units
+from .fused import activate, activate_units, gate_grads, gate_grads_units, is_apart
 from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
 INLINED_SHA256 = {
     "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
-    "fused.py": "2da8343b47c1aa544de82721003d6cb8efea24d2337dadb1f8b2b37bcefe8e6b",
+    "fused.py": "87fac3682ae1bcb1eaac13554fae699b1ec85b9be44d337430acea798aaf20cf",
     "kernel.py": "b2b8177135a089158115eb15606060d691b941714646f59dc0531d556d41326b",
 }
 
@@ -72,15 +72,17 @@ def _activate_row(z, source, first, last, c_prev, c, h, tanh_c):
 
 
 @numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c, scratch):
+def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c, apart):
     """Units first…last-1 of one batch row backward: a (G,) the activated gates; dh, dc (H,)
-    arrive from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations' (by way
-    of scratch (4, H), as ``fused.gate_grads_units`` says)."""
+    arrive from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations' (dz is
+    a, or ``apart`` from it: as ``fused.gate_grads``)."""
     hidden, own = dh.size, slice(first, last)
     a_4, dz_4 = a.reshape(4, hidden), dz.reshape(4, hidden)  # (4, H) i, f, g, o
-    gate_grads_units(a_4[0, own], a_4[1, own], a_4[2, own], a_4[3, own], dy[own], dh[own],
-                     dc[own], c_prev[own], tanh_c[own], dz_4[0, own], dz_4[1, own],
-                     dz_4[2, own], dz_4[3, own], scratch[:, own])  # fmt: skip
+    if apart:
+        for gate in range(4):
+            dz_4[gate, own] = a_4[gate, own]
+    gate_grads_units(dz_4[0, own], dz_4[1, own], dz_4[2, own], dz_4[3, own], dy[own], dh[own],
+                     dc[own], c_prev[own], tanh_c[own])  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
@@ -127,12 +129,12 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
     hidden = four_h // 4
     bias_4 = bias_grad.reshape(4, hidden)  # (4, H)
     own = slice(first, last)
-    scratch = np.empty((4, hidden), dtype=dgates.dtype)  # (4, H) for _gate_grads_row
+    apart = is_apart(dgates, gates)
     waited = 0
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             _gate_grads_row(gates[t, b], dgates[t, b], first, last, dy[t, b], dh[b], dc[b],
-                            cs[t, b], tanh_cs[t, b], scratch)  # fmt: skip
+                            cs[t, b], tanh_cs[t, b], apart)  # fmt: skip
             dz = dgates[t, b].reshape(4, hidden)  # (4, H)
             target = bias_4 if table_grad is None else table_grad[rows[t, b]].reshape(4, hidden)
             for gate in range(4):  # target (4, H)
@@ -204,20 +206,19 @@ def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
-                   counts, sums, ids, low, high, cursor, dy_weight, dy_dout, step_dy,
-                   row_scratch):  # fmt: skip
+                   counts, sums, ids, low, high, cursor, dy_weight, dy_dout, step_dy):  # fmt: skip
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
     already); before each step the upper half of them is handed over to a lane that has asked
     (``sync.offer``; steps counted as steps done, T-1-t); after each, the lane's columns of the
     sums of the steps before it that every lane has finished (``_add_sums`` from ``cursor``).
-    With ``dy_weight`` panels, each step's rows of dy are dy_dout[t] W, made in ``step_dy``;
-    ``row_scratch`` (G,) is ``fused.gate_grads``'s. Returns the row-steps done and the sums'
-    next step."""
+    With ``dy_weight`` panels, each step's rows of dy are dy_dout[t] W, made in ``step_dy``.
+    Returns the row-steps done and the sums' next step."""
     steps, hidden = gates.shape[0], dh.shape[1]
     left = steps - done  # views of the steps left, under new names (measured: a loop from
     # T-1-done made this 15 % slower, and so did giving the views the arguments' names)
     dy_, gates_, cs_, dgates_ = dy[:left], gates[:left], cs[:left], dgates[:left]
     tanh_cs_, dy_dout_ = tanh_cs[:left], dy_dout[:left]
+    apart = is_apart(dgates, gates)
     work = 0
     publish(flags, sync.ROWS, lane, last - first)
     for t in range(left - 1, -1, -1):
@@ -231,7 +232,7 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
         for b in range(first, last):  # whole rows (the units' views of _gate_grads_row cost
             # 0.5 ns per unit more, measured in cache: 1.39 against 0.88)
             gate_grads(gates_[t, b], dy_t[b - first], dh[b], dc[b], cs_[t, b], tanh_cs_[t, b],
-                       dgates_[t, b], row_scratch)  # fmt: skip
+                       dgates_[t, b], apart)  # fmt: skip
         _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
         sync.count_rows(counts, steps - 1 - t, last - first)
         work += last - first
@@ -265,13 +266,12 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
     low, high = lane * four_h // count, (lane + 1) * four_h // count  # (this lane's columns)
     done, cursor = np.int64(0), np.int64(0)  # (literal 0s would compile _backward_rows twice)
     step_dy = np.empty((dh.shape[0], dh.shape[1]), dtype=dh.dtype)  # (B, H) one step's dy rows
-    row_scratch = np.empty(four_h, dtype=dgates.dtype)  # (G,)
     waited, work = 0, 0
     while first < last:
         rows_work, cursor = _backward_rows(lane, first, last, done, packed, dy, gates, cs,
                                            tanh_cs, dh, dc, dgates, flags, counts, sums, ids,
-                                           low, high, cursor, dy_weight, dy_dout, step_dy,
-                                           row_scratch)  # fmt: skip
+                                           low, high, cursor, dy_weight, dy_dout,
+                                           step_dy)  # fmt: skip
         work += rows_work
         first, last, done, asked = steal(flags, lane, steps)
         waited += asked
