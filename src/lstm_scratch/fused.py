@@ -225,8 +225,9 @@ def gate_grads_units(zi, zf, zg, zo, dy, dh, dc, c_prev, tanh_c):
     writes apart from those it reads, or knows them to be the same; with the gradients written
     to other arguments that were the gates' own memory (the cache consumed), the check failed
     and the scalar loop ran. Measured (float32, the cache consumed, the same bits): 8,650
-    rows of H 256 alone, 19.3 → 4.0 ms; in a training step, d's backward lanes −2.9 and −3.1 ms (two runs of 40 alternating steps, one in each
-    loading order), b's backward −0.6 and −0.9 of ~5, a's step −0.09 of ~2.5."""
+    rows of H 256 alone, 19.3 → 4.0 ms; in a training step, d's backward lanes −2.9 and −3.1
+    ms (two runs of 40 alternating steps, one in each loading order), b's backward −0.6 and
+    −0.9 of ~5, a's step −0.09 of ~2.5."""
     one = like(dh[0], 1.0)  # (the literal 1 would promote float32 to float64)
     for j in range(dh.size):
         i, f, g, o = zi[j], zf[j], zg[j], zo[j]
