@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lstm_scratch.model import CharLM, ModelConfig
-from lstm_scratch.sample import draw, next_char_distribution
+from lstm_scratch.model import CharLM, ModelConfig, Stepper
+from lstm_scratch.sample import draw, next_char_distribution, sample
 
 LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3]))  # softmax gives back these probabilities
 
@@ -60,3 +62,73 @@ def test_draw_follows_the_probabilities():
     counts = np.bincount([draw(probs, rng) for _ in range(4000)], minlength=4)
     assert counts[0] == counts[2] == 0
     assert abs(counts[3] / 4000 - 0.75) < 0.03
+
+
+def plain_distribution(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """next_char_distribution as written before it skipped its no-op steps (the division by a
+    temperature of 1, the second shift by a maximum that is already 0): the same bits expected."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.zeros(logits.shape, dtype=np.float64)
+    if temperature == 0:
+        probs[np.argmax(logits)] = 1.0
+        return probs
+    with np.errstate(over="ignore"):
+        scaled = (logits - logits.max()) / temperature
+    if 0 < top_k < scaled.size:
+        scaled[scaled < np.sort(scaled)[-top_k]] = -np.inf
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        keep = np.cumsum(probs[order]) - probs[order] < top_p
+        probs[order[~keep]] = 0.0
+        probs /= probs.sum()
+    return probs
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=70),
+    st.sampled_from([1.0, 0.0, 0.5, 2.0, 1e-300, 1e-5, 3.7]),
+    st.integers(0, 10),
+    st.sampled_from([1.0, 0.9, 0.5]),
+)
+def test_distribution_is_the_plain_formula_bit_for_bit(logits, temperature, top_k, top_p):
+    expected = plain_distribution(logits, temperature, top_k, top_p)
+    got = next_char_distribution(np.array(logits), temperature, top_k, top_p)
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(("embed_size", "dtype"), [(0, "float32"), (0, "float64"), (4, "float32")])
+def test_stepper_is_step_bit_for_bit(backend, embed_size, dtype):
+    """The stepper (buffers kept, one-hot rows from a table made once) computes the same bits
+    as model.step, logits and state, step after step, on either backend."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype=dtype)
+    model = CharLM(config, seed=1, backend=backend)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 9, (6, 3))  # (T, B)
+    state = tuple(rng.standard_normal((2, 3, 6)).astype(dtype) for _ in range(2))  # (L, B, H)
+    stepper = Stepper(model, state)
+    for t in range(6):
+        logits, state = model.step(ids[t], state)
+        assert np.array_equal(stepper.step(ids[t]), logits)
+        assert np.array_equal(stepper.h, state[0]) and np.array_equal(stepper.c, state[1])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 5, 0.9)])
+def test_sample_draws_what_step_by_step_generation_draws(backend, temperature, top_k, top_p):
+    """sample() with its stepper gives the ids of the plain loop over model.step."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    model = CharLM(ModelConfig(12, hidden_size=8, num_layers=2), seed=2, backend=backend)
+    prime, rng = np.array([1, 4, 2]), np.random.default_rng(3)
+    logits, state, _ = model.forward(prime.reshape(-1, 1))
+    logits, expected = logits[-1], []
+    for _ in range(40):
+        expected.append(draw(next_char_distribution(logits[0], temperature, top_k, top_p), rng))
+        logits, state = model.step(np.array([expected[-1]]), state)
+    assert sample(model, prime, 40, temperature, top_k, top_p, seed=3) == expected

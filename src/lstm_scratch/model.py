@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend as backends
 from . import init, ops
+from .cell import new_step_buffers
 from .lstm import (
     StackCache,
     initialise_lstm,
@@ -167,3 +168,53 @@ class CharLM:
                 dx, cache.embedding, self.config.vocab_size
             )
         return float(loss), grads, state
+
+
+class Stepper:
+    """``CharLM.step`` over and over from one state, as generation runs it: the state lives in
+    the stepper's own arrays (L, B, H) and each ``step`` overwrites it; every buffer is made
+    once, and for one-hot input each step gathers rows of one table of W_ihᵀ + b_ih + b_hh made
+    once (the same two additions, in the same order, as ``step`` makes each time). The same
+    bits as ``step`` (the tests hold them equal). Why: at batch 1 a step is a few matrix-vector
+    products and ~40 small NumPy calls, and the products stream every weight through the
+    caches, so each small call runs cold. Measured, ``sample`` on config c (two layers of
+    512, float32), 200 characters, 14 alternating rounds in one process: 586 → 457 and
+    420 → 362 µs per character in two runs, with the shorter ``next_char_distribution``.
+
+    The table is a copy: make a new stepper after the parameters change."""
+
+    def __init__(self, model: CharLM, state):
+        self.model = model
+        self.h, self.c = (np.array(a, dtype=model.dtype) for a in state)  # (L, B, H) each
+        _, batch, hidden = self.h.shape
+        self.layer = backends.layer_functions(model.backend, batch, hidden)
+        self.buffers = [new_step_buffers(batch, hidden, model.dtype) for _ in model.layers]
+        first = model.layers[0]
+        self.table = None  # (V, 4H) for one-hot input: W_ihᵀ + b_ih + b_hh
+        if not model.config.embed_size:
+            rows = np.ascontiguousarray(first.weight_ih.T)  # (V, 4H): a row per id, together
+            self.table = (rows + first.bias_ih) + first.bias_hh
+        vocab = model.config.vocab_size
+        self.logits = np.empty((batch, vocab), dtype=model.dtype)  # (B, V)
+
+    def step(self, ids) -> np.ndarray:
+        """ids (B,) -> logits (B, V), the stepper's own array (the next step overwrites it)."""
+        params = self.model.params
+        if self.table is None:
+            x = params["embedding.weight"][ids]  # (B, E)
+        for k, weights in enumerate(self.model.layers):
+            out = self.buffers[k]
+            if k == 0 and self.table is not None:
+                gates_x = np.take(self.table, ids, axis=0, out=out.gates)  # (B, 4H)
+            else:
+                gates_x = np.matmul(x, weights.weight_ih.T, out=out.gates)  # (B, 4H)
+                gates_x += weights.bias_ih
+                gates_x += weights.bias_hh
+            h, c, _ = self.layer.lstm_step_forward(
+                gates_x, self.h[k], self.c[k], weights.weight_hh, out=out
+            )
+            self.h[k], self.c[k] = h, c
+            x = self.h[k]  # (B, H)
+        np.matmul(x, params["decoder.weight"].T, out=self.logits)  # (B, V)
+        self.logits += params["decoder.bias"]
+        return self.logits

@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from . import backend as backends
 from .errors import ConfigError
-from .model import CharLM
+from .model import CharLM, Stepper
 
 
 def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
@@ -19,15 +19,17 @@ def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.nd
     temperature 0 puts all the mass on the argmax (greedy decoding).
     """
     logits = np.asarray(logits, dtype=np.float64)
-    probs = np.zeros(logits.shape, dtype=np.float64)  # (V,)
     if temperature == 0:
+        probs = np.zeros(logits.shape, dtype=np.float64)  # (V,)
         probs[np.argmax(logits)] = 1.0
         return probs
-    with np.errstate(over="ignore"):  # a tiny temperature sends all but the top to -inf: fine
-        scaled = (logits - logits.max()) / temperature  # (V,) shifted: the maximum stays 0
+    scaled = logits - logits.max()  # (V,) shifted: the maximum is 0, and stays 0 below
+    if temperature != 1:  # (a division by 1 would change no bit: skipped, as it runs per char)
+        with np.errstate(over="ignore"):  # a tiny temperature sends all but the top to -inf
+            scaled /= temperature
     if 0 < top_k < scaled.size:
         scaled[scaled < np.sort(scaled)[-top_k]] = -np.inf
-    probs = np.exp(scaled - scaled.max())
+    probs = np.exp(scaled)
     probs /= probs.sum()
     if top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
@@ -65,6 +67,7 @@ def sample(
     with threadpool_limits(threads, user_api="blas"):
         logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
         logits = logits[-1]  # (1, V)
+        stepper, ids = Stepper(model, state), np.zeros(1, dtype=np.intp)  # (1,)
         out = []
         for _ in range(length):
             probs = next_char_distribution(logits[0], temperature, top_k, top_p)
@@ -72,7 +75,8 @@ def sample(
             out.append(next_id)
             if on_id is not None:
                 on_id(next_id)
-            logits, state = model.step(np.array([next_id]), state)  # (1, V)
+            ids[0] = next_id
+            logits = stepper.step(ids)  # (1, V)
     return out
 
 
