@@ -285,3 +285,63 @@ def test_a_consumed_cache_gives_the_same_gradients(split, one_hot, monkeypatch):
         results.append([dh, dc, *grads] + ([] if dx is None else [dx]))
     for kept, consumed in zip(*results, strict=True):
         np.testing.assert_array_equal(consumed, kept)
+
+
+@given(
+    shape=st.lists(st.integers(0, 7), min_size=1, max_size=3),
+    dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+)
+def test_empty_aligned_starts_on_a_cache_line(shape, dtype):
+    array = kernel.empty_aligned(tuple(shape), dtype)
+    assert array.shape == tuple(shape) and array.dtype == dtype
+    assert array.flags.c_contiguous and array.flags.writeable
+    assert array.size == 0 or array.ctypes.data % kernel.LINE == 0  # (empty: no memory)
+    array[...] = 1  # all of it is writable memory of its own
+    assert array.sum() == array.size
+
+
+def _misaligned(shape, dtype):
+    """As ``kernel.empty_aligned``, but 16 bytes past a cache line: half of the kernel's
+    32-byte vectors then straddle two lines."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(size + 2 * kernel.LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % kernel.LINE + 16
+    return buffer[start : start + size].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("split", ["units", "rows"])
+def test_lanes_arrays_start_on_cache_lines_and_alignment_changes_no_bit(split, monkeypatch):
+    """The cache, the packed weights and the state gradients the lanes' kernel reads and writes
+    start on cache lines (a speed matter only: the same bits 16 bytes off them)."""
+    monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
+    monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
+    monkeypatch.setattr(fast_layer, "ROWS_PER_LANE", 1 if split == "rows" else 10**9)
+    steps, batch, hidden, vocab = 4, 4, 32, 5
+    rng = np.random.default_rng(3)
+    shapes = [(4 * hidden, vocab), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    weights = fast_layer.LayerWeights(*(rng.normal(size=s).astype(np.float32) for s in shapes))
+    x = rng.integers(0, vocab, (steps, batch))
+    h0, c0 = rng.normal(size=(2, batch, hidden)).astype(np.float32)
+    dy = rng.normal(size=(steps, batch, hidden)).astype(np.float32)
+    packed_starts = []
+    run_lanes = fast_layer._run_lanes
+
+    def spy(kernel_function, bounds, packed, *args):
+        packed_starts.extend(panels.ctypes.data % kernel.LINE for panels in packed)
+        return run_lanes(kernel_function, bounds, packed, *args)
+
+    monkeypatch.setattr(fast_layer, "_run_lanes", spy)
+    results = []
+    for allocate, offset in ((kernel.empty_aligned, 0), (_misaligned, 16)):
+        monkeypatch.setattr(fast_layer, "empty_aligned", allocate)
+        packed_starts.clear()
+        _, _, cache = fast_layer.lstm_forward(x, weights, h0, c0)
+        arrays = [cache.gates, cache.hs, cache.cs, cache.tanh_cs]
+        starts = [a.ctypes.data % kernel.LINE for a in arrays]
+        _, (dh, dc), grads = fast_layer.lstm_backward(dy, cache, weights, consume_cache=True)
+        starts += [a.ctypes.data % kernel.LINE for a in (dh, dc)] + packed_starts
+        assert len(packed_starts) == 4 and set(starts) == {offset}  # 2 lanes, 2 passes
+        results.append([cache.hs, cache.cs, dh, dc, *grads])
+    for aligned, off in zip(*results, strict=True):
+        np.testing.assert_array_equal(aligned, off)

@@ -223,15 +223,16 @@ def start_forward(x, weights: LayerWeights, h0, c0, gather=None) -> LayerCache:
     return cache
 
 
-def allocate_forward(x, weights: LayerWeights, h0, c0) -> LayerCache:
-    """The cache's arrays, with h_0 and c_0 in place and gates (T, B, 4H) not yet filled."""
+def allocate_forward(x, weights: LayerWeights, h0, c0, empty=np.empty) -> LayerCache:
+    """The cache's arrays, with h_0 and c_0 in place and gates (T, B, 4H) not yet filled.
+    ``empty(shape, dtype)`` allocates them (the numba backend's lanes want them aligned)."""
     steps, batch = x.shape[:2]
     four_h, hidden = weights.weight_hh.shape
     dtype = weights.weight_hh.dtype
-    gates = np.empty((steps, batch, four_h), dtype=dtype)  # (T, B, 4H)
-    hs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
-    cs = np.empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
-    tanh_cs = np.empty((steps, batch, hidden), dtype=dtype)  # (T, B, H)
+    gates = empty((steps, batch, four_h), dtype=dtype)  # (T, B, 4H)
+    hs = empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
+    cs = empty((steps + 1, batch, hidden), dtype=dtype)  # (T+1, B, H)
+    tanh_cs = empty((steps, batch, hidden), dtype=dtype)  # (T, B, H)
     hs[0], cs[0] = h0, c0
     return LayerCache(x, hs, cs, gates, tanh_cs)
 

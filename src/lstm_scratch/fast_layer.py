@@ -42,7 +42,7 @@ from .cell import (
     start_backward,
     start_forward,
 )
-from .kernel import pack_columns, pack_gate_rows, panel_width
+from .kernel import empty_aligned, pack_columns, pack_gate_rows, panel_width
 from .ops import LinearInputGrad, as_array
 
 
@@ -128,7 +128,7 @@ def _pack_columns(matrix, first, last, span):
     """Columns first…last-1 of a (K, N) matrix, zero-padded to whole panels of ``span``
     columns: (P, K, span). For the backward lanes, of W_hh (G, H)."""
     count = -(-(last - first) // span)  # panels
-    panels = np.empty((count, matrix.shape[0], span), dtype=matrix.dtype)  # (P, K, span)
+    panels = empty_aligned((count, matrix.shape[0], span), matrix.dtype)  # (P, K, span)
     pack_columns(matrix, first, last, panels)
     return panels
 
@@ -137,9 +137,16 @@ def _pack_rows(weight, first, last, span):
     """W_hh (G, H) rows gate·H + first…last-1 as panels of each gate's W_hhᵀ (H, H), zero-padded
     to whole panels: (4·P, H, span), for the forward lanes."""
     hidden, count = weight.shape[1], -(-(last - first) // span)  # panels per gate
-    panels = np.empty((4, count, hidden, span), dtype=weight.dtype)  # (4, P, H, span)
+    panels = empty_aligned((4, count, hidden, span), weight.dtype)  # (4, P, H, span)
     pack_gate_rows(weight, first, last, panels)
     return panels.reshape(4 * count, hidden, span)
+
+
+def _aligned_copy(array):
+    """A copy of ``array`` on a cache line (``kernel.empty_aligned``)."""
+    copy = empty_aligned(array.shape, array.dtype)
+    copy[...] = array
+    return copy
 
 
 def _run_lanes(kernel, bounds, packed, *args):
@@ -229,7 +236,7 @@ def _forward_on_lanes(x, weights, h0, c0, count):
     """``lstm_forward`` for large steps on ``count`` lanes (``lanes.forward_rows_lane`` or
     ``lanes.forward_lane``, by ``_split``)."""
     hidden = h0.shape[1]
-    cache = allocate_forward(x, weights, h0, c0)
+    cache = allocate_forward(x, weights, h0, c0, empty_aligned)
     bias = weights.bias_ih + weights.bias_hh  # (G,)
     if is_ids(x):
         table = np.ascontiguousarray(weights.weight_ih.T) + bias  # (D, G)
@@ -267,7 +274,7 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     """``lstm_backward`` for large steps on ``count`` lanes (``lanes.backward_rows_lane`` or
     ``lanes.backward_lane``, by ``_split``)."""
     hidden, four_h = dh.shape[1], dgates.shape[-1]
-    dh, dc = np.ascontiguousarray(dh), np.ascontiguousarray(dc)  # the kernel writes dh's rows
+    dh, dc = _aligned_copy(dh), _aligned_copy(dc)  # (B, H) each; the kernel writes dh's rows
     bias_grad = np.zeros(four_h, dtype=np.float64)  # (G,) sums over T·B rows, in float64
     if is_ids(cache.x):
         table_grad = np.zeros((weights.weight_ih.shape[1], four_h), dtype=np.float64)  # (D, G)
