@@ -45,7 +45,7 @@ from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_fo
 INLINED_SHA256 = {
     "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
     "fused.py": "276e2cdeaf2e941b301b65de59baacf3b617e468d93f16bbc66638800ffc168a",
-    "kernel.py": "cf2f800dc9002ec758467085ba9f8b664936f074eb5d51c94dae7505c8155f24",
+    "kernel.py": "680dfd3f62672f3feb50f027be6ddbcc14c54c3d03a9e6cf99505caf529b76a6",
 }
 
 
