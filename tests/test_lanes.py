@@ -303,11 +303,8 @@ def test_empty_aligned_starts_on_a_cache_line(shape, dtype):
 def _misaligned(shape, dtype):
     """As ``kernel.empty_aligned``, but 16 bytes past a cache line: half of the kernel's
     32-byte vectors then straddle two lines."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buffer = np.empty(size + 2 * kernel.LINE, dtype=np.uint8)
-    start = -buffer.ctypes.data % kernel.LINE + 16
-    return buffer[start : start + size].view(dtype).reshape(shape)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize  # bytes
+    return kernel.empty_aligned(size + 16, np.uint8)[16:].view(dtype).reshape(shape)
 
 
 @pytest.mark.parametrize("split", ["units", "rows"])
