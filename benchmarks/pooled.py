@@ -31,6 +31,8 @@ def entries(report: dict):
     found = list(report.get("train", {}).items())
     found += [(name, report[name]) for name in ("sample", "notebook") if report.get(name)]
     for name, entry in found:
+        if not isinstance(entry, dict) or not isinstance(entry.get("results", {}), dict):
+            raise ValueError(f"{name}: not a bench entry")
         rounds = entry.get("round_ratios")
         results = entry.get("results", {})
         runs = [result.get("runs", []) for result in results.values()]

@@ -76,3 +76,6 @@ def test_bad_files_give_one_line_and_exit_2(pooled, tmp_path, capsys):
     listed = _write(tmp_path / "list.json", [1, 2])
     assert pooled.main([listed]) == 2
     assert "not a lstm-scratch bench --json report" in capsys.readouterr().err
+    odd = _write(tmp_path / "odd.json", {"train": {"d": [1.5]}})
+    assert pooled.main([odd]) == 2
+    assert capsys.readouterr().err == "error: d: not a bench entry\n"
