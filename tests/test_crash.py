@@ -14,6 +14,7 @@ import pytest
 from lstm_scratch import checkpoint
 from lstm_scratch.data import HAMLET
 from lstm_scratch.errors import CheckpointError
+from lstm_scratch.runs import RUN_FILE
 
 ARGS = [
     "--hidden-size", "16", "--num-layers", "1", "--embed-size", "8", "--batch-size", "4",
@@ -69,6 +70,56 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     for name in expected:
         assert np.array_equal(got[name], expected[name]), name
     assert not list(run_dir.glob(".*.tmp"))  # partial writes of killed runs are cleaned up
+
+
+def wait_for(path, process, seconds=60.0):
+    """Until ``path`` exists (True), or the process has ended or the time is up (False)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+@pytest.mark.slow
+def test_the_same_command_with_resume_after_each_kill_ends_unstopped(tmp_path):
+    """As a user would: after each SIGKILL, the whole original command line again with
+    ``--resume RUN`` added. The first kill lands as soon as the run has written its settings,
+    before its first checkpoint; the others at random moments. The run ends with the weights of
+    one never stopped, bit for bit."""
+    steps, run_dir, rng = 10_000, tmp_path / "killed", random.Random(3)
+    text = tmp_path / "text.txt"
+    text.write_text(HAMLET * 4, encoding="utf-8")
+    args = [*ARGS[: ARGS.index("--checkpoint-every")], "--checkpoint-every", "200", "--quiet"]
+    base = [sys.executable, "-m", "lstm_scratch.cli", "train", "--data", str(text), *args]
+    line = [*base, "--steps", str(steps), "--out", str(run_dir)]
+    clean = subprocess.run(
+        [*line[:-1], str(tmp_path / "clean")], capture_output=True, text=True, timeout=300
+    )
+    assert clean.returncode == 0, clean.stderr
+    process = subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kills, before_first_checkpoint = 0, 0
+    while kills < 6:
+        if kills == 0:
+            assert wait_for(run_dir / RUN_FILE, process)
+        else:
+            time.sleep(rng.uniform(0.8, 1.6))  # start-up takes about 0.7 s here
+        if process.poll() is not None:
+            break  # it finished first
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        before_first_checkpoint += not (run_dir / checkpoint.MODEL_FILE).exists()
+        kills += 1
+        process = subprocess.Popen(
+            [*line, "--resume", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    assert process.wait(timeout=300) == 0
+    assert kills >= 5 and before_first_checkpoint >= 1
+    (expected, step), (got, got_step) = final_weights(tmp_path / "clean"), final_weights(run_dir)
+    assert got_step == step == steps
+    for name in expected:
+        assert np.array_equal(got[name], expected[name]), name
 
 
 @pytest.mark.slow

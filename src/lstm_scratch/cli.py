@@ -18,6 +18,7 @@ from .config import make_config
 from .errors import LstmScratchError
 from .evaluate import evaluate, predictions
 from .loading import load_model
+from .memory import out_of_memory_message
 from .sample import sample, validate_sampling
 from .train import train
 
@@ -114,6 +115,7 @@ def build_parser() -> Parser:
     p.add_argument("--lower", action="store_true", default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p = sub.add_parser("plot", help="loss curves of a run as RUN_DIR/loss.png")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="another PNG path")
@@ -121,10 +123,18 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint")
     p.add_argument("--to", choices=["torch"], required=True)
     p.add_argument("out", help="the .safetensors file to write")
-    p = sub.add_parser("import", help="a checkpoint from weights with PyTorch's names")
-    p.add_argument("file", help="a .safetensors file with torch's names (from export or torch)")
+    p = sub.add_parser("import", help="a checkpoint from a torch character model's weights")
+    p.add_argument("file", help="a .safetensors file: an export, or a torch model's state_dict")
     p.add_argument("--out", required=True, help="the checkpoint folder to write")
-    p.add_argument("--vocab-from", default=None, help="training text, when the file has no vocab")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--vocab-from", metavar="TEXT", help="the training text (its sorted chars)")
+    g.add_argument("--vocab", metavar="FILE.json", help="a JSON list of the chars in id order")
+    p.add_argument(
+        "--names",
+        default=None,
+        metavar="embedding=P,lstm=P,decoder=P",
+        help="the parts' module names, when their shapes do not tell them apart",
+    )
     p = sub.add_parser("bench", help="training and sampling speed against torch.nn.LSTM")
     p.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     p.add_argument("--configs", default="", help="a,b,c,d (default: all)")
@@ -255,11 +265,15 @@ def cmd_eval(args) -> int:
         shown = ", ".join(repr(ch) for ch, _ in unknown.most_common(10))
         print(
             f"{sum(unknown.values())} characters not in the model's vocabulary were skipped "
-            f"({len(unknown)} distinct: {shown})"
+            f"({len(unknown)} distinct: {shown})",
+            file=sys.stderr if args.json else sys.stdout,  # stdout holds only the JSON
         )
     if len(ids) < 2:
         raise data.DataError(f"{args.data}: fewer than 2 characters of the model's vocabulary")
     m = evaluate(model, ids, args.batch_size, args.seq_len)
+    if args.json:
+        print(json.dumps(m))
+        return 0
     print(
         f"{args.data}: loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char, "
         f"perplexity {m['perplexity']:.3f}, accuracy {m['accuracy']:.2%} over {m['chars']} chars"
@@ -278,8 +292,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
+    names = interop.parse_names(args.names) if args.names is not None else None
     text = data.load_text(args.vocab_from) if args.vocab_from else None
-    print(f"wrote {interop.import_torch(args.file, args.out, text)}")
+    out = interop.import_torch(args.file, args.out, text, names=names, vocab_file=args.vocab)
+    print(f"wrote {out}")
     return 0
 
 
@@ -315,6 +331,11 @@ def main(argv=None) -> int:
     except LstmScratchError as error:
         print(f"lstm-scratch {args.command}: error: {error}", file=sys.stderr)
         distributed.abort_peers(2)  # under mpiexec: the other ranks would wait for ever
+        return 2
+    except MemoryError as error:  # an allocation the estimate let through (memory.py)
+        message = out_of_memory_message(error)
+        print(f"lstm-scratch {args.command}: error: {message}", file=sys.stderr)
+        distributed.abort_peers(2)
         return 2
     except BrokenPipeError:  # the reader went away (`lstm-scratch sample ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit

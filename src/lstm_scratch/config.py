@@ -114,6 +114,9 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+#: a run's length is given in steps or in epochs: a value given for one replaces the other's
+LENGTH_TWINS = {"steps": "epochs", "epochs": "steps"}
+
 RESUME_OVERRIDABLE = (
     "on_nonfinite",
     "steps",
@@ -127,12 +130,19 @@ RESUME_OVERRIDABLE = (
 
 
 def make_config(preset: str | None = None, **options) -> TrainConfig:
-    """TrainConfig defaults, then the preset's values, then ``options`` (unknown names rejected)."""
+    """TrainConfig defaults, then the preset's values, then ``options`` (unknown names rejected).
+
+    An option overrides the preset's value of the same setting, and ``steps`` or ``epochs``
+    also drops the preset's value of the other (``LENGTH_TWINS``).
+    """
     values = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
+    for given, twin in LENGTH_TWINS.items():  # --steps replaces a preset's epochs, and back
+        if given in options and twin not in options:
+            values.pop(twin, None)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - fields)
     if unknown:

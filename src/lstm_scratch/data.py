@@ -8,6 +8,8 @@ Everything here is vectorised: a text is turned into its Unicode code points wit
 from __future__ import annotations
 
 import codecs
+import hashlib
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,7 +58,35 @@ def check_text_path(path: str | Path, encoding: str) -> Path:
         raise DataError(f"no such file: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a text file")
+    if not path.is_file():
+        kind = _file_kind(path)
+        raise DataError(f"{path} is {kind}, not a regular file: save the text to a file first")
     return path
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file or a folder is, in words."""
+    mode = path.stat().st_mode
+    kinds = [
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def file_sha256(path: str | Path, encoding: str = "utf-8") -> str:
+    """The sha256 of a text file's bytes (read in blocks): what identifies a run's text."""
+    path = check_text_path(path, encoding)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while block := file.read(8 * 2**20):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    return digest.hexdigest()
 
 
 def load_text(path: str | Path, encoding: str = "utf-8", lower: bool = False) -> str:

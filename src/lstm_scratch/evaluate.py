@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import memory, ops
 from .batches import ChunkedText, fit_batch
 from .errors import ConfigError
 from .model import CharLM
@@ -25,6 +25,9 @@ def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int 
         )
     batch_size = max(1, min(batch_size, len(ids) // (4 * seq_len)))
     batch_size, seq_len, _ = fit_batch(len(ids), batch_size, seq_len)
+    needed = memory.inference_bytes(model.config, batch_size, seq_len)
+    advice = "lower --batch-size or --seq-len"
+    memory.check_fits(needed, f"scoring {batch_size} x {seq_len} characters", advice)
     text = ChunkedText(ids, batch_size, seq_len)
     state = model.zero_state(text.batch_size)
     total_loss, correct, count = 0.0, 0, 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, memory
 from .data import Vocab
 from .errors import CheckpointError
 from .model import CharLM, ModelConfig
@@ -25,6 +25,8 @@ def load_model(path: str | Path, backend: str = "auto") -> tuple[CharLM, Vocab, 
             raise ValueError(
                 f"tensor {wrong[0]!r} is {weights[wrong[0]].dtype}, not {config.dtype}"
             )
+        advice = "this checkpoint is for a machine with more memory"
+        memory.check_fits(memory.inference_bytes(config, 1, 1), f"the model in {path}", advice)
         model = CharLM(config, backend=backend)
         model.params.load_state_dict(weights)
     except (KeyError, TypeError, ValueError) as error:

@@ -1,17 +1,20 @@
-"""The run around the training loop: its text, its folder, its stop signals, its resumed config."""
+"""The run around the training loop: its text, its folder, its stop signals, where it resumes."""
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import signal
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RESUME_OVERRIDABLE, TrainConfig
+from . import checkpoint
+from .config import LENGTH_TWINS, RESUME_OVERRIDABLE, TrainConfig
 from .corpus import corpus_ids
-from .data import HAMLET, Vocab, split_train_val
+from .data import HAMLET, Vocab, file_sha256, split_train_val
 from .errors import ConfigError, DataError
 
 
@@ -132,20 +135,133 @@ def stop_reason(config, stop, seconds, steps_run, stop_after) -> str | None:
     return None
 
 
-def resume_config(meta: dict, overrides: dict) -> TrainConfig:
-    """The saved run's config with ``overrides`` applied; only run-control fields may change."""
-    fixed = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
-    if fixed:
-        raise ConfigError(
-            f"--{fixed[0].replace('_', '-')} cannot change when resuming a run "
-            f"(only {', '.join(RESUME_OVERRIDABLE)} can)"
-        )
+RUN_FILE = "run.json"  # the settings a run was started with, written before its first step
+
+
+def write_run_file(out: Path, config: TrainConfig, data_sha256: str | None) -> None:
+    """``RUN/run.json``: the run's settings and its text's sha256, so that a run killed before
+    its first checkpoint can be started again, as it was, with ``--resume RUN``."""
+    record = {"train_config": dataclasses.asdict(config), "data_sha256": data_sha256}
+    checkpoint.atomic_write_bytes(out / RUN_FILE, json.dumps(record, indent=1).encode())
+
+
+@dataclass
+class ResumePoint:
+    """Where ``--resume`` continues: the run's config (with the flags given applied), its text's
+    sha256, the run folder, and the newest whole save (None: no checkpoint yet, start afresh)."""
+
+    config: TrainConfig
+    data_sha256: str | None
+    folder: Path
+    saved: tuple[dict, dict, dict, dict] | None  # weights, meta, train tensors, train meta
+    note: str | None
+
+
+def resume_point(resume: str | Path, given: dict) -> ResumePoint:
+    """The run ``resume`` names (a run folder or its model file), and the config to go on with.
+
+    A folder with no checkpoint yet but a ``run.json`` (killed before its first save) starts
+    afresh from the settings recorded there, with a note; with neither there is nothing to
+    resume: a one-line error saying to start the run without ``--resume``.
+    """
+    path = Path(resume)
+    if not path.exists():
+        raise ConfigError(f"no such run: {path} (nothing to resume; start it without --resume)")
+    folder = path.parent if path.is_file() else path
+    if path.is_dir() and not (path / checkpoint.MODEL_FILE).exists():
+        record = _read_run_file(path)
+        if record is None:
+            raise ConfigError(
+                f"nothing to resume in {path}: it holds no checkpoint ({checkpoint.MODEL_FILE}) "
+                f"and no {RUN_FILE}; start the run without --resume"
+            )
+        config, digest = resume_config(record.get("train_config"), given, record.get("data_sha256"))
+        note = f"{path} stopped before its first checkpoint: starting it afresh, as it was started"
+        return ResumePoint(config, digest, folder, None, note)
+    weights, meta, tensors, train_meta, note = checkpoint.load_resumable(path)
+    known = train_meta.get("data_sha256")
+    config, digest = resume_config(meta.get("train_config"), given, known)
+    return ResumePoint(config, digest, folder, (weights, meta, tensors, train_meta), note)
+
+
+def _read_run_file(folder: Path) -> dict | None:
     try:
-        saved = TrainConfig(**meta["train_config"])
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"the checkpoint holds no usable training config ({error})") from None
-    if "steps" in overrides:
-        saved.epochs = None
-    if "epochs" in overrides:
-        saved.steps = None
-    return dataclasses.replace(saved, **overrides)
+        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {folder / RUN_FILE}: {error}") from None
+    return record if isinstance(record, dict) else {}
+
+
+def resume_config(
+    saved: dict | None, given: dict, data_sha256: str | None = None
+) -> tuple[TrainConfig, str | None]:
+    """The saved run's config with the flags ``given`` applied; returns it and its text's sha256.
+
+    A flag given with the value the run already has is accepted; the run-control fields
+    (config.RESUME_OVERRIDABLE, e.g. a larger ``steps``) may change; any other difference is
+    refused in one line naming the flag, the value given and the run's. ``data`` may name
+    another path holding the same text (by sha256), which the run then reads.
+    """
+    try:
+        config = TrainConfig(**saved)
+    except TypeError as error:
+        raise ConfigError(f"the run holds no usable training config ({error})") from None
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+    fixed = {k: v for k, v in given.items() if k not in RESUME_OVERRIDABLE and k != "data"}
+    problems = [
+        _difference(name, value, getattr(config, name))
+        for name, value in fixed.items()
+        if value != getattr(config, name)
+    ]
+    data_sha256, problem = _resumed_text(config, given.get("data"), data_sha256)
+    problems += [problem] if problem else []
+    if problems:
+        flags = ["--" + name.replace("_", "-") for name in RESUME_OVERRIDABLE]
+        raise ConfigError(
+            f"{'; '.join(problems)} (on resume only {', '.join(flags[:-1])} and {flags[-1]} "
+            "can change: start a new run to change the others)"
+        )
+    overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDABLE}
+    for name in overrides:
+        if name in LENGTH_TWINS and LENGTH_TWINS[name] not in overrides:
+            setattr(config, LENGTH_TWINS[name], None)  # --steps replaces the run's epochs
+    return dataclasses.replace(config, **overrides), data_sha256
+
+
+def _difference(name: str, given, saved) -> str:
+    """``--batch-size 64: this run was trained with 32``."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(given, bool):
+        return f"{flag}: this run was trained {'without' if given else 'with'} it"
+    if saved is None:
+        return f"{flag} {given}: this run was trained without {flag}"
+    return f"{flag} {given}: this run was trained with {saved}"
+
+
+def _resumed_text(config: TrainConfig, given: str | None, known: str | None):
+    """(the text's sha256, a problem or None) on resume, setting ``config.data`` to ``given``
+    when that file holds the run's text. Without ``given`` the run's own file must still hold
+    it. ``known``: the sha256 the run recorded (None in older runs: then the files compare)."""
+    if config.data is None:
+        return None, None if given is None else (
+            f"--data {given}: this run was trained on the built-in Hamlet passage"
+        )
+    path = config.data if given is None else given
+    digest = file_sha256(path)
+    if known is None and given is not None and Path(config.data).is_file():
+        known = file_sha256(config.data)
+    if known is not None and digest != known:
+        if given is None:
+            raise DataError(
+                f"{path} has changed since this run was trained on it: give the run's text "
+                "with --data FILE"
+            )
+        if Path(given).resolve() == Path(config.data).resolve():
+            return known, f"--data {given}: the file changed since this run was trained on it"
+        return known, f"--data {given}: not the text this run was trained on ({config.data})"
+    config.data = str(path)
+    return digest, None

@@ -22,10 +22,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import backend as backends
-from . import checkpoint, distributed
+from . import checkpoint, distributed, memory
 from .batches import ChunkedText, fit_batch
 from .config import TrainConfig, validate
-from .data import Vocab
+from .data import Vocab, file_sha256
 from .errors import ConfigError, TrainingError
 from .evaluate import evaluate
 from .model import CharLM
@@ -44,8 +44,9 @@ from .runs import (
     StopSignals,
     default_out,
     prepare_text,
-    resume_config,
+    resume_point,
     stop_reason,
+    write_run_file,
 )
 
 
@@ -97,22 +98,25 @@ def train(
 ) -> TrainResult:
     """Train a CharLM as ``config`` says, writing checkpoints and metrics.jsonl into ``out``.
 
-    ``resume``: a run folder to continue (in place unless ``out`` is given) with its saved config,
-    changed only by ``overrides`` (fields in config.RESUME_OVERRIDABLE, e.g. a larger ``steps``).
+    ``resume``: a run folder to continue (in place unless ``out`` is given) with its saved config;
+    ``overrides`` may repeat its settings and change those in config.RESUME_OVERRIDABLE (e.g. a
+    larger ``steps``); see runs.resume_point.
     ``stop_after``: stop, with a checkpoint, after this many steps of this call.
     ``log`` receives one-line notes (a text too short for the batch, and so on).
     """
-    vocab = None
+    vocab, point = None, None
     if resume is not None:
-        weights, meta, train_tensors, train_meta, note = checkpoint.load_resumable(resume)
-        if note:
-            log(note)
-        config = resume_config(meta, overrides or {})
-        vocab = Vocab.from_json(meta["vocab"])
+        point = resume_point(resume, overrides or {})
+        config = point.config
+        if point.note:
+            log(point.note)
+        if point.saved is not None:
+            vocab = Vocab.from_json(point.saved[1]["vocab"])
     validate(config)
     comm = distributed.world()
     lead = comm.rank == 0  # prints, evaluates, decides when to stop, writes checkpoints
     vocab, train_ids, val_ids, notes = prepare_text(config, vocab)
+    data_sha256 = point.data_sha256 if point else (config.data and file_sha256(config.data))
     batch_size, seq_len, note = fit_batch(len(train_ids), config.batch_size, config.seq_len)
     notes += [note] if note else []
     chunks = ChunkedText(train_ids, batch_size, seq_len)
@@ -134,6 +138,7 @@ def train(
         weight_decay=config.weight_decay,
         momentum=config.momentum,
     )
+    _check_memory(config, len(vocab), end_row - first_row, seq_len, comm.local_size)
     model = CharLM(config.model_config(len(vocab)), seed=config.seed, backend=config.backend)
     compiled = backends.resolve(config.backend) == "numba"
     optimizer = make_optimizer(optim_config, model.num_parameters, model.dtype, compiled)
@@ -145,7 +150,8 @@ def train(
     progress.update(skipped=0, skipped_in_a_row=0)  # batches skipped for a NaN or infinity
     step, metrics = 0, {}
 
-    if resume is not None:
+    if point is not None and point.saved is not None:
+        weights, meta, train_tensors, train_meta = point.saved
         model.params.load_state_dict(weights)
         optimizer.load_state(
             {
@@ -159,11 +165,9 @@ def train(
         state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in "hc")
         step, metrics = train_meta["step"], meta.get("metrics") or {}
         progress = {k: train_meta.get(k, v) for k, v in progress.items()}
-        run_dir = Path(resume).parent if Path(resume).is_file() else Path(resume)
-        out = Path(out) if out is not None else run_dir
-    else:
-        run_dir = None
-        out = Path(out) if out is not None else default_out(config)
+    progress["data_sha256"] = data_sha256  # a resume checks that its text is the same
+    run_dir = point.folder if point else None
+    out = Path(out) if out is not None else run_dir or default_out(config)
     out = comm.bcast(out)  # rank 0's choice: another rank could see runs/NAME made already
     if (out / "model.safetensors").exists() and (
         run_dir is None or out.resolve() != run_dir.resolve()
@@ -218,6 +222,8 @@ def train(
         if lead
         else io.StringIO() as metrics_file,
     ):
+        if lead and (point is None or point.saved is None):  # a new run: its settings first
+            write_run_file(out, config, data_sha256)
         while step < total_steps:
             chunk = step % chunks.num_chunks
             if chunk == 0:  # a new epoch starts from a zero state
@@ -298,6 +304,17 @@ def train(
                 break
     result.step = step
     return result
+
+
+def _check_memory(config: TrainConfig, vocab_size: int, rows: int, seq_len: int, ranks: int):
+    """Refuse in one line, before allocating, a run this machine cannot hold (``ranks``: the
+    processes of the run on this host, each holding the model and its rows of the batch)."""
+    moments = {"sgd": 1 if config.momentum else 0}.get(config.optimizer, 2)
+    model_config = config.model_config(vocab_size)
+    needed = ranks * memory.training_bytes(model_config, rows, seq_len, moments)
+    what = "this run" + (f" ({ranks} processes on this host)" if ranks > 1 else "")
+    advice = "lower --hidden-size, --num-layers, --embed-size, --batch-size or --seq-len"
+    memory.check_fits(needed, what, advice)
 
 
 MAX_SKIPS_IN_A_ROW = 10
