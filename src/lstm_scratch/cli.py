@@ -91,7 +91,12 @@ def _train_arguments(p):
         help="a NaN or inf loss or gradient: stop (default) or skip the batch",
     )
     g.add_argument("--out", default=None, help="run folder (default runs/<name>)")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run exactly")
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a run exactly (alone, or after the run's own command line)",
+    )
     g.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this call")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
