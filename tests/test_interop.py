@@ -37,7 +37,7 @@ def saved_model(folder, embed_size, dtype="float64"):
 
 
 def torch_logits(path, ids):
-    """The README's loading code: nn.Embedding (or one-hot) + nn.LSTM + nn.Linear."""
+    """docs/cli.md's loading code: nn.Embedding (or one-hot) + nn.LSTM + nn.Linear."""
     from safetensors.torch import load_file
 
     weights = load_file(str(path))
