@@ -30,8 +30,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+S = argparse.SUPPRESS  # training options not given stay out of the namespace: presets stand
+
+
 def _train_arguments(p):
-    S = argparse.SUPPRESS  # options not given stay out of the namespace: preset values stand
+    """``train``'s flags, in the four groups --help shows."""
+    _data_and_model_arguments(p)
+    _optimisation_arguments(p.add_argument_group("optimisation"))
+    _run_arguments(p.add_argument_group("the run"))
+
+
+def _data_and_model_arguments(p):
     g = p.add_argument_group("data")
     g.add_argument(
         "--data", default=S, help="UTF-8 text file (default: the built-in Hamlet passage)"
@@ -61,7 +70,9 @@ def _train_arguments(p):
         default=S,
         help="numba: compiled time loops; numpy: the reference; auto (default): by model size",
     )
-    g = p.add_argument_group("optimisation")
+
+
+def _optimisation_arguments(g):
     g.add_argument("--batch-size", type=int, default=S)
     g.add_argument("--seq-len", type=int, default=S, help="BPTT window")
     g.add_argument("--steps", type=int, default=S)
@@ -78,7 +89,9 @@ def _train_arguments(p):
     g.add_argument("--grad-clip", type=float, default=S, help="clip the global gradient norm")
     g.add_argument("--clip-value", type=float, default=S, help="clip each gradient entry")
     g.add_argument("--loss-reduction", choices=["mean", "sum"], default=S)
-    g = p.add_argument_group("the run")
+
+
+def _run_arguments(g):
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--eval-every", type=int, default=S)
     g.add_argument("--checkpoint-every", type=int, default=S)

@@ -151,40 +151,10 @@ def train(
     step, metrics = 0, {}
 
     if point is not None and point.saved is not None:
-        weights, meta, train_tensors, train_meta = point.saved
-        model.params.load_state_dict(weights)
-        optimizer.load_state(
-            {
-                k.removeprefix("optimizer."): v
-                for k, v in train_tensors.items()
-                if k.startswith("optimizer.")
-            },
-            train_meta["optimizer"],
-        )
-        rng.bit_generator.state = train_meta["rng"]
-        state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in "hc")
-        step, metrics = train_meta["step"], meta.get("metrics") or {}
-        progress = {k: train_meta.get(k, v) for k, v in progress.items()}
+        state, step, metrics = _restore(point.saved, model, optimizer, rng, progress, rows)
     progress["data_sha256"] = data_sha256  # a resume checks that its text is the same
-    run_dir = point.folder if point else None
-    out = Path(out) if out is not None else run_dir or default_out(config)
-    out = comm.bcast(out)  # rank 0's choice: another rank could see runs/NAME made already
-    if (out / "model.safetensors").exists() and (
-        run_dir is None or out.resolve() != run_dir.resolve()
-    ):
-        raise ConfigError(
-            f"{out} already holds a checkpoint: continue it with --resume {out}, "
-            "or choose another --out"
-        )
-    schedule = ScheduleConfig(
-        kind=config.schedule,
-        warmup_steps=config.warmup_steps,
-        total_steps=progress["schedule_steps"],
-        min_lr_ratio=config.min_lr_ratio,
-        step_size=config.step_size,
-        gamma=config.gamma,
-    )
-    validate_schedule(schedule)
+    out = _run_folder(out, point.folder if point else None, config, comm)
+    schedule = _schedule(config, progress["schedule_steps"])
     for line in notes if lead else ():
         log(line)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,6 +274,52 @@ def train(
                 break
     result.step = step
     return result
+
+
+def _restore(saved, model, optimizer, rng, progress: dict, rows) -> tuple:
+    """A save's weights, optimizer moments, dropout generator and progress into this run
+    (``progress`` updated in place); returns (this rank's carried state, step, metrics)."""
+    weights, meta, train_tensors, train_meta = saved
+    model.params.load_state_dict(weights)
+    moments = {
+        k.removeprefix("optimizer."): v
+        for k, v in train_tensors.items()
+        if k.startswith("optimizer.")
+    }
+    optimizer.load_state(moments, train_meta["optimizer"])
+    rng.bit_generator.state = train_meta["rng"]
+    first_row, end_row, _ = rows
+    state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in "hc")
+    progress.update({k: train_meta.get(k, v) for k, v in progress.items()})
+    return state, train_meta["step"], meta.get("metrics") or {}
+
+
+def _run_folder(out, run_dir: Path | None, config: TrainConfig, comm) -> Path:
+    """Where the run writes: ``out``, else the resumed run's folder, else runs/<name>; never
+    over another run's checkpoint."""
+    out = Path(out) if out is not None else run_dir or default_out(config)
+    out = comm.bcast(out)  # rank 0's choice: another rank could see runs/NAME made already
+    if (out / "model.safetensors").exists() and (
+        run_dir is None or out.resolve() != run_dir.resolve()
+    ):
+        raise ConfigError(
+            f"{out} already holds a checkpoint: continue it with --resume {out}, "
+            "or choose another --out"
+        )
+    return out
+
+
+def _schedule(config: TrainConfig, total_steps: int) -> ScheduleConfig:
+    schedule = ScheduleConfig(
+        kind=config.schedule,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
+        min_lr_ratio=config.min_lr_ratio,
+        step_size=config.step_size,
+        gamma=config.gamma,
+    )
+    validate_schedule(schedule)
+    return schedule
 
 
 def _check_memory(config: TrainConfig, vocab_size: int, rows: int, seq_len: int, ranks: int):
