@@ -293,3 +293,33 @@ def test_failed_second_write_keeps_the_previous_pair(
     assert load_checkpoint(tmp_path)[1]["step"] == 1
     assert load_train_state(tmp_path)[1]["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MODEL_FILE, TRAIN_STATE_FILE])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders are opened and fsync'ed on POSIX")
+def test_the_folder_is_fsynced_after_the_renames(tmp_path: Path, monkeypatch) -> None:
+    """A rename is durable only once its folder is: after the last rename of a checkpoint, the
+    run folder itself is fsync'ed (an os.fsync on a descriptor of that folder)."""
+    events: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd)))
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append(("rename", Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    state = {"m": np.zeros(3, dtype=np.float32)}
+    save_checkpoint(tmp_path, weights(np.float32), {"step": 1}, state, {"step": 1})
+    monkeypatch.undo()
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    folder_syncs = [
+        i
+        for i, (kind, stat) in enumerate(events)
+        if kind == "fsync" and os.path.samestat(stat, os.stat(tmp_path))
+    ]
+    assert {events[i][1] for i in renames} >= {MODEL_FILE, TRAIN_STATE_FILE}
+    assert folder_syncs and folder_syncs[-1] > renames[-1]

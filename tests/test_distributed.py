@@ -1,6 +1,7 @@
 """Data-parallel training over MPI: N ranks give the weights of one process, resume across rank
 counts, and a clear message when mpi4py is missing. Runs ``mpiexec -n 2`` and ``-n 3``."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -46,17 +47,30 @@ def weights(folder):
     return load_checkpoint(folder)[0]
 
 
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_give_the_weights_of_one_process(tmp_path, ranks):
-    train(tmp_path, 1, tmp_path / "one", "--steps", "20")
-    out = train(tmp_path, ranks, tmp_path / "many", "--steps", "20")
+@pytest.mark.parametrize("ranks, reduction", [(2, "mean"), (3, "mean"), (2, "sum")])
+def test_ranks_give_the_weights_and_metrics_of_one_process(tmp_path, ranks, reduction):
+    """Weights and every reported figure, the training loss included: each rank's loss enters
+    the global one by its share of the batch (rows split 3 + 2 or 2 + 1 + 2)."""
+    length = ["--steps", "20", "--loss-reduction", reduction]
+    train(tmp_path, 1, tmp_path / "one", *length)
+    out = train(tmp_path, ranks, tmp_path / "many", *length)
     assert out.count("checkpoint:") == 1  # rank 0 alone reports
     one, many = weights(tmp_path / "one"), weights(tmp_path / "many")
     for name in one:
         assert rel_error(many[name], one[name]) <= 1e-12, name
-    assert len((tmp_path / "many" / "metrics.jsonl").read_text().splitlines()) == 2
+    timing = {"elapsed", "chars_per_s", "ranks", "allreduce_fraction"}
+    lines = metrics(tmp_path / "many")
+    assert [m["step"] for m in lines] == [10, 20] and all(m["ranks"] == ranks for m in lines)
+    for alone, together in zip(metrics(tmp_path / "one"), lines, strict=True):
+        assert set(together) - set(alone) == {"ranks", "allreduce_fraction"}
+        for key in set(alone) - timing:
+            assert together[key] == pytest.approx(alone[key], rel=1e-12, abs=1e-15), key
 
 
 @needs_mpi
