@@ -1,8 +1,12 @@
-"""Fixtures shared by the CLI tests."""
+"""Fixtures shared by the tests."""
+
+from pathlib import Path
 
 import pytest
 
 from lstm_scratch.data import HAMLET
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture
@@ -14,3 +18,17 @@ def text_file(tmp_path):
         encoding="utf-8",
     )
     return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    """The path of tinyshakespeare.txt in ../shared/data beside the project. CI always has it, so
+    a test that asks for it fails, not skips, where it is missing."""
+    if not SHAKESPEARE.is_file():
+        pytest.fail(
+            f"tinyshakespeare.txt not found at {SHAKESPEARE}: the tests that read it expect the "
+            "shared data folder beside the project, as CI has it (the file is char-rnn's "
+            "data/tinyshakespeare/input.txt)",
+            pytrace=False,
+        )
+    return SHAKESPEARE

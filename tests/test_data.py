@@ -13,8 +13,6 @@ import pytest
 from lstm_scratch.data import HAMLET, Vocab, load_text, split_train_val
 from lstm_scratch.errors import CheckpointError, ConfigError, DataError
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-
 
 def one_line(err: pytest.ExceptionInfo) -> str:
     message = str(err.value)
@@ -195,9 +193,8 @@ def test_split_rejects_bad_fraction_and_tiny_text() -> None:
         split_train_val(ids, 0.01)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tinyshakespeare.txt not available")
-def test_encode_large_corpus() -> None:
-    text = load_text(SHAKESPEARE)
+def test_encode_large_corpus(shakespeare: Path) -> None:
+    text = load_text(shakespeare)
     vocab = Vocab.from_text(text)
     ids = vocab.encode(text)
     assert len(ids) == len(text) and ids.dtype == np.int32

@@ -3,16 +3,12 @@ back at temperature 0. Seconds each, run in CI."""
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from lstm_scratch.config import make_config
 from lstm_scratch.sample import sample
 from lstm_scratch.train import train
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def unigram_entropy(text: str) -> float:
@@ -22,9 +18,8 @@ def unigram_entropy(text: str) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="tinyshakespeare.txt not beside the project")
-def test_short_run_on_shakespeare_beats_the_unigram_entropy(tmp_path):
-    text = SHAKESPEARE.read_text(encoding="utf-8")[:60_000]
+def test_short_run_on_shakespeare_beats_the_unigram_entropy(tmp_path, shakespeare):
+    text = shakespeare.read_text(encoding="utf-8")[:60_000]
     (tmp_path / "slice.txt").write_text(text, encoding="utf-8")
     config = make_config(
         data=str(tmp_path / "slice.txt"), hidden_size=96, num_layers=1, embed_size=16,
