@@ -2,9 +2,9 @@
 splits, the barrier's failure path, the thread count, and the cache stamp. Their results
 against the reference layer are in test_backends.py (the fast_path fixture)."""
 
-import hashlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,16 +16,52 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from lstm_scratch import backend, fast_layer, fused, kernel, lanes, ops, sync
+from lstm_scratch import backend, fast_layer, kernel, lanes, ops
+
+# lanes._gates_product (kernel.py's product inlined) from the package copy in argv[1], for
+# H 2 (one panel, narrower than a full one): prints z[0, 0] and the cache hits and misses
+_GATES_PRODUCT = """
+import sys
+import numpy as np
+from lstm_scratch import kernel, lanes
+assert lanes.__file__.startswith(sys.argv[1]), lanes.__file__
+h_prev, z = np.full((1, 2), 0.5), np.zeros((1, 8))
+packed = np.ones((4, 2, kernel.panel_width(np.float64)))  # (4·P, H, PANEL)
+lanes._gates_product(h_prev, packed, z, 0, 2, False)
+stats = lanes._gates_product.stats
+print(float(z[0, 0]), sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
 
 
-def test_lanes_carry_the_hashes_of_the_files_they_inline_from():
-    """numba's cache of lanes.py does not see edits to fused.py or kernel.py; the stamp forces
-    an edit here."""
-    for module in (fused, kernel, sync):
-        path = Path(module.__file__)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert lanes.INLINED_SHA256[path.name] == digest, f"{path.name} changed: update its hash"
+@pytest.mark.slow
+def test_numba_cache_is_used_and_an_edit_to_an_inlined_file_recompiles(tmp_path):
+    """numba checks a cached function against its own file; lanes.py's compiled code holds
+    kernel.py's product too. On a copy of the package, with its own cache: a second run loads
+    from the cache, and after an edit to kernel.py alone the result is the new code's."""
+    package = tmp_path / "src" / "lstm_scratch"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(lanes.__file__).parent, package, ignore=ignore)
+    path = os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1",
+                        "NUMBA_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", _GATES_PRODUCT, str(package)], env=env,
+                              cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        z, hits, misses = done.stdout.split()
+        return float(z), int(hits), int(misses)
+
+    assert run() == (1.0, 0, 1)  # 0.5 + 0.5, compiled
+    assert list((tmp_path / "cache").rglob("lanes._gates_product-*.nbi"))
+    with open(package / "data.py", "a") as data:  # no compiled code there: nothing recompiles
+        data.write("# an edit\n")
+    assert run() == (1.0, 1, 0)
+    kernel_py = package / "kernel.py"
+    source, line = kernel_py.read_text(), "target[j] += a_rk * panel[k, j]"
+    assert source.count(line) == 1
+    kernel_py.write_text(source.replace(line, "target[j] -= a_rk * panel[k, j]"))
+    assert run() == (-1.0, 0, 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

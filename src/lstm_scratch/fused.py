@@ -4,9 +4,9 @@ steps, the one-hot gather and scatter, softmax cross-entropy, and the Adam updat
 ``fast_layer.py`` calls these around BLAS; ``cell.py`` is the readable reference both are
 held to. Letters: T time, B batch, D input, H hidden, G = 4H gates.
 
-numba's cache checks only the file that defines a function for staleness, so a helper inlined
-from another file could stay stale after an edit: ``lanes.py``, which inlines the gate
-arithmetic from here, carries this file's hash (a test keeps it current).
+``lanes.py`` inlines the gate arithmetic from here; the cache of every compiled function is
+stamped with all of the package's compiled files (``jit.cached_njit``), so an edit here
+recompiles it there too.
 
 Vectorisable sigmoid and tanh. A call to libm's ``exp`` in a numba loop stays a scalar call, one
 element at a time (numba vectorises it only with Intel's SVML, which pip's llvmlite does not
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
+
+from .jit import cached_njit
 
 
 @intrinsic
@@ -111,7 +112,7 @@ def _polynomial(z):
     return lambda z: values
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def estrin7(r, coefficients):
     """c0 + c1 r + … + c6 r⁶ for coefficients (c6, …, c0) by Estrin's scheme: three multiply-adds
     deep where Horner's is seven, so more elements are in flight at once (see activate_units)."""
@@ -123,7 +124,7 @@ def estrin7(r, coefficients):
     return fma(high, r2 * r2, low)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def exp_parts(x):
     """(s, m) with exp(x) = s + s·m and expm1(x) = (s − 1) + s·m, each exact to the last few bits
     (expm1 too: near 0, k = 0 and s = 1 exactly). For x ≤ 0."""
@@ -141,7 +142,7 @@ def exp_parts(x):
     return _power_of_two(k), r * q
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def sigmoid(z):
     """σ(z) from e = exp(−|z|): 1/(1+e) for z ≥ 0, e/(1+e) below. No overflow."""
     s, m = exp_parts(-abs(z))
@@ -150,7 +151,7 @@ def sigmoid(z):
     return (e if z < 0 else one) / (one + e)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def tanh(z):
     """tanh(z) = −m / (2 + m) with m = expm1(−2|z|), sign restored: exact near 0 as well."""
     s, r = exp_parts(like(z, -2.0) * abs(z))
@@ -159,7 +160,7 @@ def tanh(z):
     return t if z >= 0 else -t
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def activate(z, c_prev, c, h, tanh_c):
     """One row of one step: z (G,) arrives holding the pre-activations and leaves holding
     i, f, g, o; writes c, h, tanh(c) (H,) from c_prev (H,)."""
@@ -169,7 +170,7 @@ def activate(z, c_prev, c, h, tanh_c):
     activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
     """``activate`` for some hidden units, each gate's pre-activations (n,) apart.
 
@@ -195,14 +196,14 @@ def activate_units(zi, zf, zg, zo, c_prev, c, h, tanh_c):
         h[j] = zo[j] * tanh_c[j]
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def is_apart(dgates, gates):
     """False where dgates is gates' own memory (the backward writing over the cache). Asked
     once per call: asked for every row, it cost ~0.35 µs each (measured on config a's rows)."""
     return dgates.ctypes.data != gates.ctypes.data
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz, apart):
     """One row of one step backward: a (G,) the activated gates; dh, dc (H,) arrive as the
     gradients from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations'. dz
@@ -216,7 +217,7 @@ def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz, apart):
                      tanh_c)  # fmt: skip
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@cached_njit(inline="always", error_model="numpy")
 def gate_grads_units(zi, zf, zg, zo, dy, dh, dc, c_prev, tanh_c):
     """``gate_grads`` for some hidden units, in place: zi, zf, zg, zo (n,) arrive holding the
     activated gates i, f, g, o and leave holding the pre-activations' gradients.
@@ -240,7 +241,7 @@ def gate_grads_units(zi, zf, zg, zo, dy, dh, dc, c_prev, tanh_c):
         dc[j] = dc_j * f
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def activate_step(gates, c_prev, c, h, tanh_c):
     """One step's gate arithmetic for every row: gates (B, G) arrive holding the
     pre-activations and leave holding i, f, g, o; writes c, h, tanh(c) (B, H)."""
@@ -248,7 +249,7 @@ def activate_step(gates, c_prev, c, h, tanh_c):
         activate(gates[b], c_prev[b], c[b], h[b], tanh_c[b])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
     """gates (T, B, G) arrive holding x W_ihᵀ + b and leave holding i, f, g, o.
     weight_hh_t (H, G) is W_hhᵀ; hs, cs (T+1, B, H) arrive with h_0, c_0 in row 0."""
@@ -264,7 +265,7 @@ def forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
             activate(z, cs[t, b], cs[t + 1, b], hs[t + 1, b], tanh_cs[t, b])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
     """dy (T, B, H); dh, dc (B, H) arrive as dh_T, dc_T and leave as dh_0, dc_0;
     dgates (T, B, G) is filled with the gradient of the pre-activations."""
@@ -282,7 +283,7 @@ def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
                     dh[b, j] += dz_k * weight_hh[k, j]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def scatter_rows(ids, rows, out):
     """out (D, G) = Σ over n of rows[n] (G,) added into out[ids[n]]: for one-hot input,
     dW_ihᵀ without the (D, N) @ (N, G) product by a one-hot matrix."""
@@ -293,7 +294,7 @@ def scatter_rows(ids, rows, out):
             target[g] += row[g]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def gather_rows(table, bias, ids, out):
     """``cell.gather_rows`` compiled: out (N, G) = table[ids] + bias, in one pass (measured at
     T 100, B 64, 4H 1024: 2.4 ms against 15 ms for NumPy's take into a buffer, then the add)."""
@@ -303,7 +304,7 @@ def gather_rows(table, bias, ids, out):
             row[g] = source[g] + bias[g]
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@cached_njit(error_model="numpy", fastmath={"reassoc"})
 def cross_entropy_rows(logits, targets, dlogits, scale):
     """Σ_n (log Σ_v exp(s_nv) − s_n,target) with s = logits − row max; dlogits (N, V) gets
     (softmax − one_hot(target))·scale. One pass per row; ``reassoc`` lets LLVM vectorise the
@@ -327,7 +328,7 @@ def cross_entropy_rows(logits, targets, dlogits, scale):
     return total
 
 
-@numba.njit(cache=True, error_model="numpy")
+@cached_njit(error_model="numpy")
 def adam_step(params, grads, exp_avg, exp_avg_sq, beta1, beta2, eps, weight_decay, decoupled,
               decay, one_minus_beta2, bias_correction2_sqrt, step_size):  # fmt: skip
     """``optim.Adam.step`` in one pass over the flat buffers instead of about fourteen, with the

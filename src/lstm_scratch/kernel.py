@@ -9,19 +9,20 @@ float32, (64, 256) @ (256, 1024): 92 GFLOP/s, against OpenBLAS's 70 (its packing
 Packing the weights into panels once per layer call is what BLAS would redo on every step's
 small GEMM.
 
-The compiled functions here are inlined into ``lanes.py``, whose numba cache does not see edits
-to this file: ``lanes.py`` carries this file's hash (a test keeps it current).
+The compiled functions here are inlined into ``lanes.py``; an edit here recompiles those too
+(``jit.cached_njit``).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from .jit import cached_njit
 
 ROWS = 6  # rows of one kernel call: 12 accumulators + 2 panel vectors + 1 broadcast ≤ 16 registers
 
@@ -149,7 +150,7 @@ def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
     return types.void(a, types.intp, types.intp, panel, out, types.intp, types.boolean), codegen
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def pack_columns(matrix, first, last, panels):
     """panels (P, K, PANEL)[p, k] = matrix (K, N)[k, first + p·PANEL …], zero beyond ``last``:
     columns first…last-1 in panels, read row by row (measured, a (1024, 256) matrix out of
@@ -166,7 +167,7 @@ def pack_columns(matrix, first, last, panels):
                 target[j] = 0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def pack_gate_rows(weight, first, last, panels):
     """panels (4, P, H, PANEL)[gate, p, :, j] = weight (G, H)[gate·H + first + p·PANEL + j]:
     each gate's rows first…last-1 of W_hh, transposed into panels, zero beyond ``last``; read
@@ -185,14 +186,14 @@ def pack_gate_rows(weight, first, last, panels):
                     panels[gate, p, k, j] = 0
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def add_into(target, values):
     """target += values, elementwise (1-D)."""
     for j in range(target.size):
         target[j] += values[j]
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def product(a, panel, out, col, width, accumulate):
     """out[:, col:col + width] (+)= a (R, K) @ panel[:, :width], panel (K, PANEL) zero-padded
     beyond width. Full panels go to the register kernel, ROWS rows at a time but for the last

@@ -26,30 +26,23 @@ then runs on one core while the others wait. Two ways to share a step between la
   turns its units' dh, dc into their dz, a barrier, then dh_{t-1}[:, units_k] =
   dz W_hh[:, units_k] over all of dz.
 
-No Python and no GIL inside either. numba checks a cached function against its own file only:
-this file inlines the gate arithmetic of ``fused.py``, the kernel of ``kernel.py`` and the
-synchronisation of ``sync.py``, so it carries their hashes (kept equal by a test), and an
-edit there forces one here, which refreshes this cache.
+No Python and no GIL inside either. This file inlines the gate arithmetic of ``fused.py``, the
+kernel of ``kernel.py`` and the synchronisation of ``sync.py``; its cached machine code is
+stamped with all of those files (``jit.cached_njit``), so an edit to any of them recompiles it.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from . import sync
 from .fused import activate, activate_units, gate_grads, gate_grads_units, is_apart
+from .jit import cached_njit
 from .kernel import add_into, product
 from .sync import arrive, arrive_and_wait, close, offer, publish, steal, wait_for_all
 
-INLINED_SHA256 = {
-    "sync.py": "ed2045942b7d3d2d0b5ad49089f5ac502fbaf476a442c0b8c0f80ac43d8c34b9",
-    "fused.py": "276e2cdeaf2e941b301b65de59baacf3b617e468d93f16bbc66638800ffc168a",
-    "kernel.py": "680dfd3f62672f3feb50f027be6ddbcc14c54c3d03a9e6cf99505caf529b76a6",
-}
 
-
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def _gates_product(h_prev, packed, z, first, last, accumulate):
     """z[:, gate·H + first…last-1] (+)= h_prev W_hh[gate·H + first…last-1]ᵀ for the four gates:
     h_prev (R, H), z (R, G), packed (4·P, H, PANEL) those rows of W_hh in panels."""
@@ -59,7 +52,7 @@ def _gates_product(h_prev, packed, z, first, last, accumulate):
         product(h_prev, packed[p], z, gate * hidden + start, min(span, last - start), accumulate)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def _activate_row(z, source, first, last, c_prev, c, h, tanh_c):
     """Units first…last-1 of one batch row: z (G,) += source (G,) (a row of W_ihᵀ + b, or b),
     then the gate arithmetic, writing c, h, tanh(c) (H,) from c_prev (H,)."""
@@ -71,7 +64,7 @@ def _activate_row(z, source, first, last, c_prev, c, h, tanh_c):
                    h[own], tanh_c[own])  # fmt: skip
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c, apart):
     """Units first…last-1 of one batch row backward: a (G,) the activated gates; dh, dc (H,)
     arrive from step t+1 and dc leaves as dc_{t-1}; dz (G,) gets the pre-activations' (dz is
@@ -85,7 +78,7 @@ def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c, apart):
                      dc[own], c_prev[own], tanh_c[own])  # fmt: skip
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def _state_grad_product(dz, packed, dh, first, last):
     """dh[:, first…last-1] = dz W[:, first…last-1]: dz (R, K), dh (R, H), packed (P, K, PANEL)
     those columns of W (K, H) in panels. The state gradient's product (W = W_hh, K = G), and
@@ -96,7 +89,7 @@ def _state_grad_product(dz, packed, dh, first, last):
         product(dz, packed[p], dh, start, min(span, last - start), False)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags):
     """Lane ``lane``'s part of ``cell.lstm_forward``: units first…last-1 (U of them).
 
@@ -116,7 +109,7 @@ def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, c
     flags[sync.WORK, lane], flags[sync.WAITED, lane] = (last - first) * steps, waited
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, bias_grad,
                   table_grad, rows, flags):  # fmt: skip
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: units first…last-1.
@@ -144,7 +137,7 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
     flags[sync.WORK, lane], flags[sync.WAITED, lane] = (last - first) * steps, waited
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
                   flags):  # fmt: skip
     """Rows first…last-1 from step ``start`` on; before each step, the upper half of them is
@@ -168,7 +161,7 @@ def _forward_rows(lane, first, last, start, packed, gates, has_input, table, row
     return work
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
                       flags):  # fmt: skip
     """Lane ``lane``'s part of ``cell.lstm_forward``: batch rows first…last-1, all units, then
@@ -190,7 +183,7 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
     flags[sync.WAITED, lane] = waited + wait_for_all(flags, 1)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
     """Columns low…high-1 of the sums over rows (``backward_rows_lane``), step by step in the
     time loop's order (step index n is t = T-1-n), from index ``cursor`` to ``upto`` as long as
@@ -204,7 +197,7 @@ def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
     return cursor
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
                    counts, sums, ids, low, high, cursor, dy_weight, dy_dout, step_dy):  # fmt: skip
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
@@ -241,7 +234,7 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
     return work, cursor
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@cached_njit(nogil=True, error_model="numpy")
 def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, sums,
                        ids, counts, dy_weight, dy_dout, flags):  # fmt: skip
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1, then

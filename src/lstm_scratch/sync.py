@@ -19,19 +19,19 @@ Rows done per step (``count_rows``, ``rows_done``): an int64 count per time step
 atomically, which tells a lane that every row of a step is done whoever did it (the backward
 sums over rows by it).
 
-The compiled functions here are inlined into ``lanes.py``, whose numba cache does not see edits
-to this file: ``lanes.py`` carries this file's hash (a test keeps it current).
+The compiled functions here are inlined into ``lanes.py``; an edit here recompiles those too
+(``jit.cached_njit``).
 """
 
 from __future__ import annotations
 
 import time
 
-import numba
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from .jit import cached_njit
 from .kernel import _pointer
 
 SPIN_BEFORE_YIELD = 2000  # polls before each further poll also yields the core
@@ -126,26 +126,26 @@ def _monotonic_ns(typingctx):
     return types.int64(), codegen
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def failed(flags, lane):
     """Whether a lane has failed (``fast_layer._run_lanes`` then sets every BARRIER to FAILED)."""
     return _load_acquire(flags[BARRIER], lane) == FAILED
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def pause(polls):
     """One poll of a wait: after SPIN_BEFORE_YIELD of them, each also yields the core."""
     if polls > SPIN_BEFORE_YIELD:
         _sched_yield()
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def arrive(flags, lane, step):
     """Lane ``lane`` announces that it reached ``step`` (flags[BARRIER, lane]), not waiting."""
     _store_release(flags[BARRIER], lane, step)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def wait_for_all(flags, step):
     """Wait until every lane has reached ``step``; returns the nanoseconds waited."""
     start = _monotonic_ns()
@@ -157,32 +157,32 @@ def wait_for_all(flags, step):
     return _monotonic_ns() - start
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def arrive_and_wait(flags, lane, step):
     """A barrier: ``arrive``, then ``wait_for_all``. Returns the nanoseconds waited."""
     arrive(flags, lane, step)
     return wait_for_all(flags, step)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def publish(flags, row, lane, value):
     """flags[row, lane] = value, seen by the other lanes' atomic reads."""
     _store_release(flags[row], lane, value)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def count_rows(counts, step, rows):
     """Announce ``rows`` more rows of ``step`` done: counts[step] += rows (atomic)."""
     _fetch_add(counts, step, rows)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def rows_done(counts, step):
     """How many rows of ``step`` the lanes have announced done."""
     return _load_acquire(counts, step)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def wait_for_rows(counts, step, rows, flags, lane):
     """Wait until ``rows`` rows of ``step`` are announced done (or a lane has failed); returns
     the nanoseconds waited."""
@@ -193,7 +193,7 @@ def wait_for_rows(counts, step, rows, flags, lane):
     return _monotonic_ns() - start
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def offer(flags, lane, first, last, step, steps):
     """At the start of ``step``, for a lane owning rows first…last-1: if a lane asked, hand it
     the upper half of them from this step on (nothing where fewer than MIN_STEPS_TO_SPLIT steps
@@ -212,7 +212,7 @@ def offer(flags, lane, first, last, step, steps):
     return keep
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def steal(flags, lane, steps):
     """For a lane that has finished its rows: ask the lane with the most row-steps left for
     some. Returns (first, last, step, ns waited): rows first…last-1 are this lane's from
@@ -243,7 +243,7 @@ def steal(flags, lane, steps):
             return first, last, flags[GIVEN_STEP, lane], _monotonic_ns() - start
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def close(flags, lane):
     """Take no more requests (answering one that came meanwhile with nothing)."""
     publish(flags, ROWS, lane, 0)
