@@ -1,7 +1,7 @@
 """Pool the round-by-round ratios of several ``lstm-scratch bench --json`` files: how sure the
 runs together make a target when single runs land on both sides of it.
 
-    python benchmarks/pooled.py benchmarks/results/bench-2026-11-29-s12-*.json [--config d]
+    python benchmarks/pooled.py run1.json run2.json … [--config d]
 
 Each round of a bench run compares processes run one after another, so a round's ratio
 (``round_ratios`` in the JSON) is the unit pooled here. Per configuration found in the files
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_scratch.bench import round_ratios
+from lstm_scratch.bench.harness import round_ratios
 
 TARGETS = {"a": 3.0, "b": 1.1, "c": 1.0, "d": 1.4, "sample": 3.0}  # issue #4's ratios to torch
 RESAMPLES = 10_000

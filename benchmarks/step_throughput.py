@@ -13,7 +13,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.model.charlm import CharLM, ModelConfig
 
 
 def main() -> None:

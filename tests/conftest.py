@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_scratch.data import HAMLET
+from lstm_scratch.model.data import HAMLET
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from gradcheck import rel_error
-from lstm_scratch import LSTM, backend, fast_layer, fused, ops
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch import LSTM
+from lstm_scratch.fast import fused, host
+from lstm_scratch.fast import layer as fast_layer
+from lstm_scratch.model import backend
+from lstm_scratch.model.charlm import CharLM, ModelConfig
+from lstm_scratch.reference import ops
 
 
 @pytest.fixture(params=["compiled loop", "1 lane", "2 lanes", "3 lanes", "2 row lanes",
@@ -78,7 +82,7 @@ def test_compiled_layer_refuses_ids_out_of_range(bad, fast_path):
 @pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["dy = dout W deferred", "dropout"])
 def test_char_model_same_loss_and_gradients_on_both_backends(fast_path, dropout):
     """Without dropout on the last output, the decoder's input gradient reaches the last layer
-    as an ``ops.LinearInputGrad``, which the lanes by rows multiply out step by step."""
+    as a ``fast.layer.LinearInputGrad``, which the lanes by rows multiply out step by step."""
     config = ModelConfig(
         vocab_size=11, hidden_size=12, num_layers=2, embed_size=5, dropout=dropout,
         dtype="float64",
@@ -95,12 +99,33 @@ def test_char_model_same_loss_and_gradients_on_both_backends(fast_path, dropout)
         assert rel_error(b, a) < 1e-12
 
 
+def test_the_deferred_decoder_gradient_is_the_reference_product():
+    """numba's dy = dout W, left unmultiplied for the lanes, stands for exactly what numpy's is
+    (``ops.linear_input_grad``), bit for bit when multiplied out."""
+    rng = np.random.default_rng(6)
+    dout = rng.normal(size=(5, 3, 7)).astype(np.float32)  # (T, B, V)
+    weight = rng.normal(size=(7, 12)).astype(np.float32)  # (V, H)
+    assert backend.linear_input_grad("numpy") is ops.linear_input_grad
+    deferred = backend.linear_input_grad("numba")(dout, weight)
+    assert isinstance(deferred, fast_layer.LinearInputGrad)
+    assert deferred.shape == (5, 3, 12) and deferred.dtype == np.float32
+    assert np.array_equal(deferred.array(), ops.linear_input_grad(dout, weight))
+
+
+def test_only_numba_is_asked_to_consume_the_cache():
+    from lstm_scratch.reference import cell
+
+    assert backend.layer_backward("numpy", consume_cache=True) is cell.lstm_backward
+    consuming = backend.layer_backward("numba", consume_cache=True)
+    assert consuming.func is fast_layer.lstm_backward and consuming.keywords["consume_cache"]
+
+
 def test_auto_picks_numba_when_installed():
     assert backend.resolve("auto", batch=1, hidden=25) == "numba"
     assert backend.resolve("auto", batch=64, hidden=256) == "numba"
-    assert backend.is_small_step(1, 25) and not backend.is_small_step(64, 256)
+    assert host.is_small_step(1, 25) and not host.is_small_step(64, 256)
     assert backend.resolve("numpy", batch=1, hidden=25) == "numpy"
-    assert backend.blas_threads(1, 25) == 1 and backend.blas_threads(64, 256) is None
+    assert host.blas_threads(1, 25) == 1 and host.blas_threads(64, 256) is None
     with pytest.raises(ValueError, match="unknown backend"):
         backend.resolve("cupy")
 
@@ -146,9 +171,9 @@ def test_compiled_sigmoid_and_tanh_match_numpy_everywhere(dtype, tolerance):
 
 FRESH_ACTIVATIONS = """
 import resource, sys, numpy as np
-from lstm_scratch import backend
+from lstm_scratch.fast import host
 if sys.argv[1] == "keep":
-    assert backend.keep_freed_memory()
+    assert host.keep_freed_memory()
 def step():  # a training step's pattern: many large arrays allocated, written, then freed
     arrays = [np.ones(2**20, np.float32) for _ in range(24)]  # 24 x 4 MiB
     del arrays
@@ -163,7 +188,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_keep_freed_memory_stops_page_faults_between_steps():
     """By default glibc returns freed large blocks to the kernel, so every step faults its
-    pages in again (measured: 61,405 faults for these 5 steps); with keep_freed_memory, none."""
+    pages in again; with keep_freed_memory, none."""
 
     def faults(mode):
         run = subprocess.run(

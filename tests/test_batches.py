@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstm_scratch.batches import ChunkedText, fit_batch
+from lstm_scratch.model.batches import ChunkedText, fit_batch
 
 
 @given(st.integers(2, 300), st.integers(1, 8), st.integers(1, 40))

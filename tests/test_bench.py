@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from lstm_scratch import bench, bench_workers
-from lstm_scratch.cli import main
+from lstm_scratch.app.cli import main
+from lstm_scratch.bench import harness as bench
+from lstm_scratch.bench import workers as bench_workers
 from lstm_scratch.errors import ConfigError
 
 
@@ -73,29 +74,6 @@ def test_bench_smoke_run_writes_json(tmp_path, capsys):
     assert len(report["train"]["a"]["round_ratios"]) == 1  # one round in --quick
     printed = capsys.readouterr().out
     assert "train a (H 25" in printed and "ratio" in printed and "BLAS" in printed
-
-
-@pytest.mark.slow
-def test_paired_ab_compares_two_trees_in_one_process(tmp_path):
-    """benchmarks/paired_ab.py: the same tree twice, two rounds of config a; its numba cache
-    goes to the folder given, not into the tree."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    script, tree = root / "benchmarks" / "paired_ab.py", root / "src"
-    run = subprocess.run(
-        [sys.executable, str(script), str(tree), str(tree), "--config", "a", "--rounds", "2"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    first, second = run.stdout.strip().splitlines()
-    assert first.startswith(f"{tree}: median ") and " ms, min " in first
-    assert "paired difference median" in second
-    assert any(tmp_path.rglob("*.nbi"))  # numba's cache index, written where it was told
 
 
 def test_round_ratios_pair_each_round_with_the_faster_other():

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from lstm_scratch import checkpoint as ckpt
-from lstm_scratch.checkpoint import (
+from lstm_scratch.errors import CheckpointError
+from lstm_scratch.training import checkpoint as ckpt
+from lstm_scratch.training.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MODEL_FILE,
@@ -24,7 +25,6 @@ from lstm_scratch.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
-from lstm_scratch.errors import CheckpointError
 
 META = {"vocab": ["a", "b", "—"], "hidden": 8, "loss": 1.25, "tags": {"ok": True, "x": None}}
 

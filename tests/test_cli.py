@@ -1,5 +1,6 @@
 """The command line, called through its real entry point in temporary folders."""
 
+import dataclasses
 import json
 import re
 import signal
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lstm_scratch import checkpoint
-from lstm_scratch.cli import main
-from lstm_scratch.loading import load_model
+from lstm_scratch.app.cli import build_parser, main
+from lstm_scratch.training import checkpoint
+from lstm_scratch.training.config import TrainConfig
+from lstm_scratch.training.loading import load_model
 
 SMALL = [
     "--hidden-size",
@@ -68,6 +70,44 @@ def assert_greedy(run_dir, prime, printed):
     # agree to about 1e-6, so a closer second would make the argmax a matter of rounding
     assert (best - runner_up).min() > 1e-3, "a near-tie: train this test's model in float64"
     assert vocab.decode(logits.argmax(axis=1)) == printed[len(prime) : -1]
+
+
+def train_flags():
+    """``train``'s flags as argparse holds them: {dest: (action, its --help group's title)}."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    train = sub.choices["train"]
+    return {a.dest: (a, g.title) for g in train._action_groups for a in g._group_actions}
+
+
+def test_every_train_setting_is_a_flag_with_its_sentence_default_and_choices():
+    flags = train_flags()
+    for option in dataclasses.fields(TrainConfig):
+        action, group = flags.pop(option.name)
+        assert action.option_strings == ["--" + option.name.replace("_", "-")]
+        assert group == option.metadata["group"]
+        assert action.default == "==SUPPRESS=="  # a flag not given leaves the preset's value
+        assert action.choices == option.metadata["choices"]
+        shown = option.metadata["shown"] or ("off" if option.default is False else option.default)
+        assert action.help.startswith(option.metadata["help"]), option.name
+        assert action.help.endswith(f"(default: {shown})"), option.name
+    assert set(flags) == {"help", "out", "resume", "stop_after", "quiet"}
+    for name in ("out", "resume", "stop_after", "quiet"):
+        assert "(default: " in flags[name][0].help and flags[name][1] == "the run"
+
+
+def test_help_is_plain_text_and_shows_every_default(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "``" not in out and "train, sample, eval, plot, export" in out
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.split())  # argparse wraps the lines
+    assert code == 0
+    assert "--hidden-size N units in each LSTM layer (default: 128)" in text
+    assert "--lower lowercase the text before training (default: off)" in text
+    assert "--steps N train for N steps; replaces a preset's --epochs (default: 1000" in text
+    assert text.count("(default: ") == len(dataclasses.fields(TrainConfig)) + 4
+    assert [line for line in out.splitlines() if line[:1].isalpha() and line.endswith(":")] == [
+        "options:", "data:", "model:", "optimisation:", "the run:",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -360,7 +400,7 @@ def test_signal_saves_at_the_step_it_stopped_and_resume_continues(tmp_path, text
     command = [
         sys.executable,
         "-m",
-        "lstm_scratch.cli",
+        "lstm_scratch",
         "train",
         "--data",
         str(text_file),
@@ -390,7 +430,7 @@ def test_signal_saves_at_the_step_it_stopped_and_resume_continues(tmp_path, text
         [
             sys.executable,
             "-m",
-            "lstm_scratch.cli",
+            "lstm_scratch",
             "train",
             "--resume",
             str(run_dir),
@@ -412,7 +452,7 @@ def test_closed_pipe_is_not_a_traceback(capsys, tmp_path, text_file):
     command = [
         sys.executable,
         "-m",
-        "lstm_scratch.cli",
+        "lstm_scratch",
         "sample",
         str(run_dir),
         "--length",
@@ -447,7 +487,7 @@ def test_plot_of_a_folder_without_evaluations_is_a_one_line_error(tmp_path, caps
 
 
 def test_a_second_writer_on_a_run_folder_is_refused(tmp_path, capsys, text_file):
-    from lstm_scratch.runs import RunLock
+    from lstm_scratch.training.runs import RunLock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -466,7 +506,7 @@ def test_a_second_writer_on_a_run_folder_is_refused(tmp_path, capsys, text_file)
 def test_a_nan_loss_stops_naming_the_step_or_skips_the_batch(
     tmp_path, capsys, text_file, monkeypatch, policy
 ):
-    from lstm_scratch.model import CharLM
+    from lstm_scratch.model.charlm import CharLM
 
     real, calls = CharLM.loss_and_grads, []
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lstm_scratch import corpus
-from lstm_scratch.data import Vocab
 from lstm_scratch.errors import DataError
+from lstm_scratch.model.data import Vocab
+from lstm_scratch.training import corpus
 
 TEXT = "Ünïcödé ÀND ascii—mixed 😀 across blocks.\nSecond LINE, ü and ß.\n" * 7
 
@@ -84,7 +84,7 @@ def test_max_vocab_keeps_the_most_frequent_and_buckets_the_rest(tmp_path):
 
 def test_poisoned_texts_train(tmp_path, capsys):
     """NUL bytes, one 10 MB line, and 50,000 distinct characters (said so, then bucketed)."""
-    from lstm_scratch.cli import main
+    from lstm_scratch.app.cli import main
 
     cases = {
         "nul.txt": "a\0b\0" * 500,

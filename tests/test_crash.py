@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from lstm_scratch import checkpoint
-from lstm_scratch.data import HAMLET
 from lstm_scratch.errors import CheckpointError
-from lstm_scratch.runs import RUN_FILE
+from lstm_scratch.model.data import HAMLET
+from lstm_scratch.training import checkpoint
+from lstm_scratch.training.runs import RUN_FILE
 
 ARGS = [
     "--hidden-size", "16", "--num-layers", "1", "--embed-size", "8", "--batch-size", "4",
@@ -26,7 +26,7 @@ ARGS = [
 def command(tmp_path, run_dir, steps):
     text = tmp_path / "text.txt"
     text.write_text(HAMLET * 4, encoding="utf-8")
-    base = [sys.executable, "-m", "lstm_scratch.cli", "train"]
+    base = [sys.executable, "-m", "lstm_scratch", "train"]
     if (run_dir / checkpoint.MODEL_FILE).exists():
         return [*base, "--resume", str(run_dir), "--quiet"]
     return [*base, "--data", str(text), *ARGS, "--steps", str(steps), "--out", str(run_dir)]
@@ -92,7 +92,7 @@ def test_the_same_command_with_resume_after_each_kill_ends_unstopped(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(HAMLET * 4, encoding="utf-8")
     args = [*ARGS[: ARGS.index("--checkpoint-every")], "--checkpoint-every", "200", "--quiet"]
-    base = [sys.executable, "-m", "lstm_scratch.cli", "train", "--data", str(text), *args]
+    base = [sys.executable, "-m", "lstm_scratch", "train", "--data", str(text), *args]
     line = [*base, "--steps", str(steps), "--out", str(run_dir)]
     clean = subprocess.run(
         [*line[:-1], str(tmp_path / "clean")], capture_output=True, text=True, timeout=300
@@ -144,7 +144,7 @@ def test_a_kill_between_the_two_renames_resumes_from_the_save_before(tmp_path):
 def test_two_interrupted_saves_in_a_row_still_leave_a_whole_set(tmp_path, monkeypatch):
     """A kill between the renames, a resume, and another kill there: the save before both is
     still whole in the .prev files (they are rotated only from a whole set)."""
-    from lstm_scratch.checkpoint import load_resumable, save_checkpoint
+    from lstm_scratch.training.checkpoint import load_resumable, save_checkpoint
 
     def save(step):
         weights = {"w": np.full(3, float(step))}

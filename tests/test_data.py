@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstm_scratch.data import HAMLET, Vocab, load_text, split_train_val
 from lstm_scratch.errors import CheckpointError, ConfigError, DataError
+from lstm_scratch.model.data import HAMLET, Vocab, load_text, split_train_val
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from gradcheck import rel_error
-from lstm_scratch import distributed
-from lstm_scratch.checkpoint import load_checkpoint
-from lstm_scratch.data import HAMLET
 from lstm_scratch.errors import ConfigError
+from lstm_scratch.model.data import HAMLET
+from lstm_scratch.training import distributed
+from lstm_scratch.training.checkpoint import load_checkpoint
 
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
 needs_mpi = pytest.mark.skipif(
@@ -33,7 +33,7 @@ def train(tmp_path, ranks, out, *extra):
     text = tmp_path / "text.txt"
     if not text.exists():
         text.write_text(HAMLET * 3, encoding="utf-8")
-    command = [sys.executable, "-m", "lstm_scratch.cli", "train", "--quiet", *extra]
+    command = [sys.executable, "-m", "lstm_scratch", "train", "--quiet", *extra]
     if out is not None:
         command += ["--data", str(text), *ARGS, "--out", str(out)]
     if ranks > 1:

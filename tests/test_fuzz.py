@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lstm_scratch.checkpoint import save_checkpoint
-from lstm_scratch.cli import main
+from lstm_scratch.app.cli import main
 from lstm_scratch.errors import CheckpointError
-from lstm_scratch.loading import load_model
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.model.charlm import CharLM, ModelConfig
+from lstm_scratch.training.checkpoint import save_checkpoint
+from lstm_scratch.training.loading import load_model
 
 CONFIG = ModelConfig(vocab_size=5, hidden_size=4, num_layers=1, embed_size=3)
 

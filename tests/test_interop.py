@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file
 
-from lstm_scratch.checkpoint import load_checkpoint, save_checkpoint
-from lstm_scratch.cli import main
-from lstm_scratch.data import HAMLET, Vocab
-from lstm_scratch.loading import load_model
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.app.cli import main
+from lstm_scratch.model.charlm import CharLM, ModelConfig
+from lstm_scratch.model.data import HAMLET, Vocab
+from lstm_scratch.training.checkpoint import load_checkpoint, save_checkpoint
+from lstm_scratch.training.loading import load_model
 
 VOCAB = Vocab(list("abcdefghij"))
 

@@ -16,14 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from lstm_scratch import backend, fast_layer, kernel, lanes, ops
+import lstm_scratch
+from lstm_scratch.fast import host, kernel, lanes
+from lstm_scratch.fast import layer as fast_layer
 
 # lanes._gates_product (kernel.py's product inlined) from the package copy in argv[1], for
 # H 2 (one panel, narrower than a full one): prints z[0, 0] and the cache hits and misses
 _GATES_PRODUCT = """
 import sys
 import numpy as np
-from lstm_scratch import kernel, lanes
+from lstm_scratch.fast import kernel
+from lstm_scratch.fast import lanes
 assert lanes.__file__.startswith(sys.argv[1]), lanes.__file__
 h_prev, z = np.full((1, 2), 0.5), np.zeros((1, 8))
 packed = np.ones((4, 2, kernel.panel_width(np.float64)))  # (4·P, H, PANEL)
@@ -40,24 +43,25 @@ def test_numba_cache_is_used_and_an_edit_to_an_inlined_file_recompiles(tmp_path)
     from the cache, and after an edit to kernel.py alone the result is the new code's."""
     package = tmp_path / "src" / "lstm_scratch"
     ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(Path(lanes.__file__).parent, package, ignore=ignore)
+    shutil.copytree(Path(lstm_scratch.__file__).parent, package, ignore=ignore)
     path = os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")]))
-    env = os.environ | {"PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1",
-                        "NUMBA_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    cache = str(tmp_path / "cache")
+    env = os.environ | {"PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+    env["NUMBA_CACHE_DIR"] = cache
 
     def run():
-        done = subprocess.run([sys.executable, "-c", _GATES_PRODUCT, str(package)], env=env,
-                              cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, "-c", _GATES_PRODUCT, str(package)]
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         z, hits, misses = done.stdout.split()
         return float(z), int(hits), int(misses)
 
     assert run() == (1.0, 0, 1)  # 0.5 + 0.5, compiled
     assert list((tmp_path / "cache").rglob("lanes._gates_product-*.nbi"))
-    with open(package / "data.py", "a") as data:  # no compiled code there: nothing recompiles
+    with open(package / "model" / "data.py", "a") as data:  # outside fast/: nothing recompiles
         data.write("# an edit\n")
     assert run() == (1.0, 1, 0)
-    kernel_py = package / "kernel.py"
+    kernel_py = package / "fast" / "kernel.py"
     source, line = kernel_py.read_text(), "target[j] += a_rk * panel[k, j]"
     assert source.count(line) == 1
     kernel_py.write_text(source.replace(line, "target[j] -= a_rk * panel[k, j]"))
@@ -174,7 +178,7 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
 ):
     """By rows, forward and backward: lane 1 starts with one row, finishes first and is handed
     some of lane 0's (``sync.steal``, ``sync.offer``); every output and gradient is that of one
-    lane, bit for bit, dy given as an array or as an ``ops.LinearInputGrad`` that the lanes
+    lane, bit for bit, dy given as an array or as a ``LinearInputGrad`` that the lanes
     multiply out. Whether a hand-over happens depends on timing, so up to five tries must
     show one in each direction."""
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
@@ -188,7 +192,8 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
     h0, c0 = rng.normal(size=(2, batch, hidden))
     dy = rng.normal(size=(steps, batch, hidden))
     if deferred:  # dy = dout W, as the decoder's gradient reaches the last layer
-        dy = ops.LinearInputGrad(rng.normal(size=(steps, batch, 7)), rng.normal(size=(7, hidden)))
+        dout, weight = rng.normal(size=(steps, batch, 7)), rng.normal(size=(7, hidden))
+        dy = fast_layer.LinearInputGrad(dout, weight)
 
     def run():
         y, state, cache = fast_layer.lstm_forward(x, weights, h0, c0)
@@ -242,11 +247,11 @@ def test_a_failing_lane_releases_the_others_and_its_error_is_raised():
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
 def test_step_lanes_follow_the_blas_thread_limit(monkeypatch):
-    monkeypatch.setattr(backend, "_blas_idle_poll_short", True)  # as if imported before NumPy
+    monkeypatch.setattr(host, "_blas_idle_poll_short", True)  # as if imported before NumPy
     with threadpool_limits(1, user_api="blas"):
-        assert backend.step_lanes() == 1
+        assert host.step_lanes() == 1
     with threadpool_limits(2, user_api="blas"):
-        assert backend.step_lanes() == 2
+        assert host.step_lanes() == 2
 
 
 def _lanes_in_subprocess(code, **environment):
@@ -258,14 +263,14 @@ def _lanes_in_subprocess(code, **environment):
 
 
 def test_importing_lstm_scratch_first_shortens_openblas_idle_polling():
-    report = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), backend.step_lanes())"
-    first = _lanes_in_subprocess("from lstm_scratch import backend; import numpy; " + report)
-    assert first[0] == str(backend.BLAS_IDLE_POLL)
+    report = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), host.step_lanes())"
+    first = _lanes_in_subprocess("from lstm_scratch.fast import host; import numpy; " + report)
+    assert first[0] == str(host.BLAS_IDLE_POLL)
     # NumPy first: OpenBLAS already polls for 0.1 s after each call, so one lane only
-    late = _lanes_in_subprocess("import numpy; from lstm_scratch import backend; " + report)
+    late = _lanes_in_subprocess("import numpy; from lstm_scratch.fast import host; " + report)
     assert late == ["None", "1"]
     # a value the user set is kept
-    kept = _lanes_in_subprocess("from lstm_scratch import backend; " + report,
+    kept = _lanes_in_subprocess("from lstm_scratch.fast import host; " + report,
                                 OPENBLAS_THREAD_TIMEOUT="28")  # fmt: skip
     assert kept == ["28", "1"]
 
@@ -273,8 +278,8 @@ def test_importing_lstm_scratch_first_shortens_openblas_idle_polling():
 @pytest.mark.parametrize("count", [1, 2])
 def test_lanes_take_state_gradients_in_any_memory_order(count, monkeypatch):
     """The GEMM kernel writes dh by rows: a column-major dh_n must not reach it as it is."""
-    from lstm_scratch import cell
-    from lstm_scratch.cell import LayerWeights
+    from lstm_scratch.reference import cell
+    from lstm_scratch.reference.cell import LayerWeights
 
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
     monkeypatch.setattr(fast_layer, "step_lanes", lambda: count)

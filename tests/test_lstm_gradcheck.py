@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from gradcheck import numeric_gradient, rel_error
-from lstm_scratch import LSTM, cell
-from lstm_scratch.cell import split_gates
+from lstm_scratch import LSTM
+from lstm_scratch.reference import cell
+from lstm_scratch.reference.cell import split_gates
 
 T, B, D, H, L = 4, 3, 5, 6, 2
 

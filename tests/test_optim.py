@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from lstm_scratch import optim
-from lstm_scratch.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from lstm_scratch.errors import CheckpointError, ConfigError
-from lstm_scratch.optim import (
+from lstm_scratch.training import optim
+from lstm_scratch.training.checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from lstm_scratch.training.config import make_config
+from lstm_scratch.training.optim import (
     OptimizerConfig,
     ScheduleConfig,
     clip_grad_norm_,
@@ -205,6 +206,19 @@ def test_step_schedule() -> None:
     warm = ScheduleConfig("step", warmup_steps=4, step_size=10, gamma=0.1)
     assert lr_at(1, 1.0, warm) == pytest.approx(0.4)
     assert lr_at(12, 1.0, warm) == pytest.approx(0.1)
+
+
+def test_the_optimizer_and_schedule_take_the_train_config_s_settings_by_name() -> None:
+    config = make_config(
+        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01, schedule="step",
+        warmup_steps=2, step_size=5, gamma=0.3, min_lr_ratio=0.2,
+    )  # fmt: skip
+    assert config.pick(OptimizerConfig) == OptimizerConfig(
+        "sgd", lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, momentum=0.9
+    )
+    assert config.pick(ScheduleConfig, total_steps=50) == ScheduleConfig(
+        "step", warmup_steps=2, total_steps=50, min_lr_ratio=0.2, step_size=5, gamma=0.3
+    )
 
 
 @pytest.mark.parametrize(

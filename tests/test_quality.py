@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 
-from lstm_scratch.config import make_config
-from lstm_scratch.sample import sample
-from lstm_scratch.train import train
+from lstm_scratch.training.config import make_config
+from lstm_scratch.training.sample import sample
+from lstm_scratch.training.train import train
 
 
 def unigram_entropy(text: str) -> float:

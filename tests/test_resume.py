@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from lstm_scratch import checkpoint
-from lstm_scratch.config import make_config
 from lstm_scratch.errors import ConfigError
-from lstm_scratch.runs import RUN_FILE
+from lstm_scratch.training import checkpoint
+from lstm_scratch.training.config import make_config
+from lstm_scratch.training.runs import RUN_FILE
 from test_cli import SMALL, assert_one_line_error, metrics, run, weights
 
 

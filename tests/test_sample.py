@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstm_scratch.model import CharLM, ModelConfig, Stepper
-from lstm_scratch.sample import draw, next_char_distribution, sample
+from lstm_scratch.model.charlm import CharLM, ModelConfig, Stepper
+from lstm_scratch.training.sample import draw, next_char_distribution, sample
 
 LOGITS = np.log(np.array([0.1, 0.4, 0.2, 0.3]))  # softmax gives back these probabilities
 
@@ -40,20 +40,28 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("embed_size", [0, 4])
-def test_step_equals_forward_one_step_at_a_time(embed_size, backend):
-    """model.step (no cache, used for generation) computes what forward computes, on either
-    backend (numba's step does its gate arithmetic in one compiled call)."""
+@pytest.mark.parametrize(
+    ("embed_size", "dtype"), [(0, "float32"), (0, "float64"), (4, "float32"), (4, "float64")]
+)
+def test_stepper_equals_forward_one_step_at_a_time(embed_size, dtype, backend):
+    """The stepper (generation's one path: no cache, buffers kept, one-hot rows from a table
+    made once) computes what forward computes over the whole sequence, logits and state, from
+    any state, on either backend (numba's step does its gate arithmetic in one compiled call)."""
     if backend == "numba":
         pytest.importorskip("numba")
-    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype="float64")
+    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype=dtype)
     model = CharLM(config, seed=1, backend=backend)
-    ids = np.random.default_rng(0).integers(0, 9, (5, 3))  # (T, B)
-    logits, _, _ = model.forward(ids)
-    state = model.zero_state(3)
-    for t in range(5):
-        step_logits, state = model.step(ids[t], state)
-        assert np.abs(step_logits - logits[t]).max() < 1e-13
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 9, (6, 3))  # (T, B)
+    state = tuple(rng.standard_normal((2, 3, 6)).astype(dtype) for _ in range(2))  # (L, B, H)
+    logits, (h, c), _ = model.forward(ids, state)  # (T, B, V)
+    exact = dtype == "float64"
+    tolerance = {"rtol": 1e-12, "atol": 1e-13} if exact else {"rtol": 1e-5, "atol": 1e-6}
+    stepper = Stepper(model, state)
+    for t in range(6):
+        np.testing.assert_allclose(stepper.step(ids[t]), logits[t], **tolerance)
+    np.testing.assert_allclose(stepper.h, h, **tolerance)
+    np.testing.assert_allclose(stepper.c, c, **tolerance)
 
 
 def test_draw_follows_the_probabilities():
@@ -65,8 +73,8 @@ def test_draw_follows_the_probabilities():
 
 
 def plain_distribution(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """next_char_distribution as written before it skipped its no-op steps (the division by a
-    temperature of 1, the second shift by a maximum that is already 0): the same bits expected."""
+    """next_char_distribution written plainly, with the steps it skips as no-ops (the division
+    by a temperature of 1, the second shift by a maximum that is already 0): the same bits."""
     logits = np.asarray(logits, dtype=np.float64)
     probs = np.zeros(logits.shape, dtype=np.float64)
     if temperature == 0:
@@ -100,35 +108,19 @@ def test_distribution_is_the_plain_formula_bit_for_bit(logits, temperature, top_
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize(("embed_size", "dtype"), [(0, "float32"), (0, "float64"), (4, "float32")])
-def test_stepper_is_step_bit_for_bit(backend, embed_size, dtype):
-    """The stepper (buffers kept, one-hot rows from a table made once) computes the same bits
-    as model.step, logits and state, step after step, on either backend."""
-    if backend == "numba":
-        pytest.importorskip("numba")
-    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype=dtype)
-    model = CharLM(config, seed=1, backend=backend)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 9, (6, 3))  # (T, B)
-    state = tuple(rng.standard_normal((2, 3, 6)).astype(dtype) for _ in range(2))  # (L, B, H)
-    stepper = Stepper(model, state)
-    for t in range(6):
-        logits, state = model.step(ids[t], state)
-        assert np.array_equal(stepper.step(ids[t]), logits)
-        assert np.array_equal(stepper.h, state[0]) and np.array_equal(stepper.c, state[1])
-
-
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.7, 5, 0.9)])
 def test_sample_draws_what_step_by_step_generation_draws(backend, temperature, top_k, top_p):
-    """sample() with its stepper gives the ids of the plain loop over model.step."""
+    """sample() with its stepper gives the ids of the plain loop over model.forward, one
+    character at a time (float64: the two agree to rounding far below any draw's margin)."""
     if backend == "numba":
         pytest.importorskip("numba")
-    model = CharLM(ModelConfig(12, hidden_size=8, num_layers=2), seed=2, backend=backend)
+    config = ModelConfig(12, hidden_size=8, num_layers=2, dtype="float64")
+    model = CharLM(config, seed=2, backend=backend)
     prime, rng = np.array([1, 4, 2]), np.random.default_rng(3)
-    logits, state, _ = model.forward(prime.reshape(-1, 1))
-    logits, expected = logits[-1], []
+    logits, state, _ = model.forward(prime.reshape(-1, 1))  # (T, 1, V)
+    logits, expected = logits[-1], []  # (1, V)
     for _ in range(40):
         expected.append(draw(next_char_distribution(logits[0], temperature, top_k, top_p), rng))
-        logits, state = model.step(np.array([expected[-1]]), state)
+        logits, state, _ = model.forward(np.array([[expected[-1]]]), state)  # (1, 1, V)
+        logits = logits[0]  # (1, V)
     assert sample(model, prime, 40, temperature, top_k, top_p, seed=3) == expected

@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstm_scratch import checkpoint
-from lstm_scratch import train as train_module
-from lstm_scratch.config import make_config
-from lstm_scratch.data import HAMLET
 from lstm_scratch.errors import TrainingError
-from lstm_scratch.evaluate import evaluate
-from lstm_scratch.model import CharLM
-from lstm_scratch.train import train
+from lstm_scratch.model.charlm import CharLM
+from lstm_scratch.model.data import HAMLET
+from lstm_scratch.training import checkpoint
+from lstm_scratch.training import train as train_module
+from lstm_scratch.training.config import make_config
+from lstm_scratch.training.evaluate import evaluate
+from lstm_scratch.training.train import train
 
 TEXT = HAMLET[:200]  # 199 targets: 3 rows of 66 are 10 chunks of 7 (the last one 3 long)
 CHARS = sorted(set(TEXT))

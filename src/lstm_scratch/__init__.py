@@ -1,10 +1,15 @@
-"""lstm-scratch: an LSTM written from scratch in NumPy, and a character language model on it."""
+"""lstm-scratch: an LSTM written from scratch in NumPy, and a character language model on it.
 
-from .backend import shorten_blas_idle_poll
+The package is a house of floors; each imports only the floors below it (docs/architecture.md):
+``reference`` (the NumPy math), ``fast`` (the compiled path), ``model``, ``training``, ``app``
+(the command line, plots, PyTorch interop); ``bench`` stands apart. ``errors`` serves them all.
+"""
+
+from lstm_scratch.fast.host import shorten_blas_idle_poll
 
 shorten_blas_idle_poll()  # before NumPy loads OpenBLAS
 
-from .lstm import LSTM  # noqa: E402
+from lstm_scratch.model.lstm import LSTM  # noqa: E402
 
 __all__ = ["LSTM"]
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""On top: the command line, the loss plots, and PyTorch interop. Imports any floor below."""

@@ -1,0 +1,62 @@
+"""Loss, bits per character, perplexity and accuracy of a model on a text."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lstm_scratch.errors import ConfigError
+from lstm_scratch.model import memory
+from lstm_scratch.model.batches import ChunkedText, fit_batch
+from lstm_scratch.model.charlm import CharLM
+from lstm_scratch.reference import ops
+
+
+def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 256) -> dict:
+    """Score every prediction in ``ids`` (the state carried across chunks, no dropout).
+
+    The ids are cut into rows as in training, but each row at least 4 windows long so the state
+    has context (a short text is one row); fewer than batch_size trailing characters are left out.
+    Returns loss (nats/char), bpc, perplexity, accuracy (argmax) and the number of chars scored.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise ConfigError(
+            f"batch size and sequence length must be >= 1, got {batch_size}, {seq_len}"
+        )
+    batch_size = max(1, min(batch_size, len(ids) // (4 * seq_len)))
+    batch_size, seq_len, _ = fit_batch(len(ids), batch_size, seq_len)
+    needed = memory.inference_bytes(model.config, batch_size, seq_len)
+    advice = "lower --batch-size or --seq-len"
+    memory.check_fits(needed, f"scoring {batch_size} x {seq_len} characters", advice)
+    text = ChunkedText(ids, batch_size, seq_len)
+    state = model.zero_state(text.batch_size)
+    total_loss, correct, count = 0.0, 0, 0
+    for k in range(text.num_chunks):
+        inputs, targets = text.chunk(k)
+        logits, state, _ = model.forward(inputs, state)  # (T, B, V)
+        loss, _ = ops.cross_entropy_forward(logits, targets, reduction="sum")
+        total_loss += float(loss)
+        correct += int((logits.argmax(axis=-1) == targets).sum())
+        count += targets.size
+    loss = total_loss / count
+    return {
+        "loss": loss,
+        "bpc": loss / math.log(2),
+        "perplexity": math.exp(min(loss, 700.0)),
+        "accuracy": correct / count,
+        "chars": count,
+    }
+
+
+def predictions(model: CharLM, ids: np.ndarray, rng: np.random.Generator):
+    """Predict each next character of ``ids`` from the true ones before it (teacher forcing).
+
+    Returns (argmax ids, sampled ids): the honest figure, and the one the original notebook
+    reported, which draws each prediction from the softmax.
+    """
+    logits, _, _ = model.forward(ids[:-1].reshape(-1, 1))  # (T, 1, V)
+    logp = ops.log_softmax(logits[:, 0].astype(np.float64))  # (T, V)
+    probs = np.exp(logp)
+    sampled = np.array([rng.choice(p.size, p=p / p.sum()) for p in probs], dtype=np.int64)
+    return logits[:, 0].argmax(axis=-1), sampled
