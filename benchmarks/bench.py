@@ -1,6 +1,6 @@
 """The same benchmark as ``lstm-scratch bench`` (``lstm_scratch/bench/harness.py``), as a script:
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py --json bench.json
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py --json bench.json
 """
 
 import sys

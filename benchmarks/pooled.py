@@ -71,8 +71,10 @@ def format_pooled(pooled: dict) -> str:
     for name, entry in pooled.items():
         rounds = np.asarray(entry["rounds"], dtype=np.float64)  # (N,)
         low, high = median_interval(rounds)
-        line = (f"{name}: {rounds.size} rounds from {len(entry['files'])} runs, median "
-                f"{np.median(rounds):.3f}x (95 % {low:.3f}-{high:.3f})")  # fmt: skip
+        line = (
+            f"{name}: {rounds.size} rounds from {len(entry['files'])} runs, median "
+            f"{np.median(rounds):.3f}x (95 % {low:.3f}-{high:.3f})"
+        )
         if name in TARGETS:
             target = TARGETS[name]
             line += f"; {int((rounds >= target).sum())} of {rounds.size} rounds >= {target}x"

@@ -443,7 +443,12 @@ def import_torch(
     config = parts.config(dtypes[0])
     model = CharLM(config)
     model.params.load_state_dict(_charlm_weights(tensors, parts))
-    meta = {"model": dataclasses.asdict(config), "vocab": vocab.to_json(), "step": 0,
-            "metrics": {}, "imported_from": str(path)}  # fmt: skip
+    meta = {
+        "model": dataclasses.asdict(config),
+        "vocab": vocab.to_json(),
+        "step": 0,
+        "metrics": {},
+        "imported_from": str(path),
+    }
     checkpoint.save_checkpoint(out, model.params.state_dict(), meta)
     return Path(out)

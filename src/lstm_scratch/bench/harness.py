@@ -128,8 +128,13 @@ def machine_info() -> dict:
     ]
     names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
     env = {k: os.environ.get(k) for k in names}
-    return {"cpus": os.cpu_count(), "blas": blas, "openblas_env": env, "numpy": np.__version__,
-            "step_lanes": host.step_lanes()}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "blas": blas,
+        "openblas_env": env,
+        "numpy": np.__version__,
+        "step_lanes": host.step_lanes(),
+    }
 
 
 def gemm_peak_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -> float:
@@ -300,13 +305,17 @@ def format_report(report: dict) -> str:
     if "sample" in report:
         s = report["sample"]
         rows(
-            f"sample (config {s['config']}, batch 1)", s["results"], s["ratio"],
+            f"sample (config {s['config']}, batch 1)",
+            s["results"],
+            s["ratio"],
             per_round=s.get("round_ratios"),
-        )  # fmt: skip
+        )
     if "notebook" in report:
         n = report["notebook"]
         rows(
-            "notebook setup (float64 SGD) vs the notebook's code", n["results"], n["ratio"],
+            "notebook setup (float64 SGD) vs the notebook's code",
+            n["results"],
+            n["ratio"],
             per_round=n.get("round_ratios"),
-        )  # fmt: skip
+        )
     return "\n".join(lines)

@@ -212,8 +212,9 @@ def gate_grads(a, dy, dh, dc, c_prev, tanh_c, dz, apart):
     if apart:
         for g in range(dz.size):
             dz[g] = a[g]
-    gate_grads_units(dz[:n], dz[n : 2 * n], dz[2 * n : 3 * n], dz[3 * n :], dy, dh, dc, c_prev,
-                     tanh_c)  # fmt: skip
+    gate_grads_units(
+        dz[:n], dz[n : 2 * n], dz[2 * n : 3 * n], dz[3 * n :], dy, dh, dc, c_prev, tanh_c
+    )
 
 
 @cached_njit(inline="always", error_model="numpy")
@@ -326,8 +327,21 @@ def cross_entropy_rows(logits, targets, dlogits, scale):
 
 
 @cached_njit(error_model="numpy")
-def adam_step(params, grads, exp_avg, exp_avg_sq, beta1, beta2, eps, weight_decay, decoupled,
-              decay, one_minus_beta2, bias_correction2_sqrt, step_size):  # fmt: skip
+def adam_step(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled,
+    decay,
+    one_minus_beta2,
+    bias_correction2_sqrt,
+    step_size,
+):
     """``training.optim.Adam.step`` in one pass over the flat buffers instead of about fourteen,
     with the same arithmetic in the same order. Scalars arrive in the buffers' dtype, those
     that are combinations (decay = 1 − lr·wd, 1 − β2, step_size = lr / (1 − β1^t)) computed in

@@ -96,8 +96,10 @@ def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
 
         def emit(rows):  # the K loop for this many rows, then the stores
             entry = builder.block
-            starts = [_pointer(context, builder, a_type, a, builder.add(row0, constant(r)),
-                               constant(0)) for r in range(rows)]  # fmt: skip
+            starts = [
+                _pointer(context, builder, a_type, a, builder.add(row0, constant(r)), constant(0))
+                for r in range(rows)
+            ]
             starts.append(_pointer(context, builder, panel_type, panel, constant(0), constant(0)))
             starts = [builder.bitcast(start, bytes_pointer) for start in starts]
             loop = builder.append_basic_block(f"panel.loop{rows}")
@@ -106,22 +108,26 @@ def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
             k = builder.phi(index)
             places = [builder.phi(bytes_pointer) for _ in starts]  # a[row + r, k], panel[k]
             sums = [builder.phi(vector) for _ in range(2 * rows)]  # row r: sums[2r], sums[2r+1]
-            for phi, start in zip([k, *places, *sums], [constant(0), *starts] + [zero] * len(sums),
-                                  strict=True):  # fmt: skip
+            for phi, start in zip(
+                [k, *places, *sums], [constant(0), *starts] + [zero] * len(sums), strict=True
+            ):
                 phi.add_incoming(start, entry)
             panel_row = builder.bitcast(places[-1], vector.as_pointer())  # two vectors
-            halves = [builder.load(builder.gep(panel_row, [constant(j)]), align=size)
-                      for j in (0, 1)]  # fmt: skip
+            halves = [
+                builder.load(builder.gep(panel_row, [constant(j)]), align=size) for j in (0, 1)
+            ]
             updated = []
             for r in range(rows):
                 a_rk = builder.load(builder.bitcast(places[r], scalar.as_pointer()), align=size)
-                updated += [builder.call(fma, [halves[j], broadcast(a_rk), sums[2 * r + j]])
-                            for j in (0, 1)]  # fmt: skip
+                updated += [
+                    builder.call(fma, [halves[j], broadcast(a_rk), sums[2 * r + j]]) for j in (0, 1)
+                ]
             following = builder.add(k, constant(1))
             advanced = [builder.gep(place, [a_step]) for place in places[:-1]]
             advanced.append(builder.gep(places[-1], [panel_step]))
-            for phi, value in zip([k, *places, *sums], [following, *advanced, *updated],
-                                  strict=True):  # fmt: skip
+            for phi, value in zip(
+                [k, *places, *sums], [following, *advanced, *updated], strict=True
+            ):
                 phi.add_incoming(value, builder.block)
             after = builder.append_basic_block(f"panel.store{rows}")
             builder.cbranch(builder.icmp_signed("<", following, depth), loop, after)

@@ -68,8 +68,9 @@ def _activate_row(z, source, first, last, c_prev, c, h, tanh_c):
     z_4, source_4 = z.reshape(4, hidden), source.reshape(4, hidden)  # (4, H) i, f, g, o
     for gate in range(4):
         add_into(z_4[gate, own], source_4[gate, own])
-    activate_units(z_4[0, own], z_4[1, own], z_4[2, own], z_4[3, own], c_prev[own], c[own],
-                   h[own], tanh_c[own])  # fmt: skip
+    activate_units(
+        z_4[0, own], z_4[1, own], z_4[2, own], z_4[3, own], c_prev[own], c[own], h[own], tanh_c[own]
+    )
 
 
 @cached_njit(nogil=True, inline="always", error_model="numpy")
@@ -82,8 +83,17 @@ def _gate_grads_row(a, dz, first, last, dy, dh, dc, c_prev, tanh_c, apart):
     if apart:
         for gate in range(4):
             dz_4[gate, own] = a_4[gate, own]
-    gate_grads_units(dz_4[0, own], dz_4[1, own], dz_4[2, own], dz_4[3, own], dy[own], dh[own],
-                     dc[own], c_prev[own], tanh_c[own])  # fmt: skip
+    gate_grads_units(
+        dz_4[0, own],
+        dz_4[1, own],
+        dz_4[2, own],
+        dz_4[3, own],
+        dy[own],
+        dh[own],
+        dc[own],
+        c_prev[own],
+        tanh_c[own],
+    )
 
 
 @cached_njit(nogil=True, inline="always", error_model="numpy")
@@ -111,15 +121,38 @@ def forward_lane(lane, first, last, packed, gates, has_input, table, rows, hs, c
     for t in range(steps):
         _gates_product(hs[t], packed, gates[t], first, last, has_input)  # (B, G) own columns
         for b in range(batch):
-            _activate_row(gates[t, b], table[rows[t, b]], first, last, cs[t, b], cs[t + 1, b],
-                          hs[t + 1, b], tanh_cs[t, b])  # fmt: skip
+            _activate_row(
+                gates[t, b],
+                table[rows[t, b]],
+                first,
+                last,
+                cs[t, b],
+                cs[t + 1, b],
+                hs[t + 1, b],
+                tanh_cs[t, b],
+            )
         waited += arrive_and_wait(flags, lane, t + 1)  # all of h_t is written
     flags[sync.WORK, lane], flags[sync.WAITED, lane] = (last - first) * steps, waited
 
 
 @cached_njit(nogil=True, error_model="numpy")
-def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, bias_grad,
-                  table_grad, rows, flags):  # fmt: skip
+def backward_lane(
+    lane,
+    first,
+    last,
+    packed,
+    dy,
+    gates,
+    cs,
+    tanh_cs,
+    dh,
+    dc,
+    dgates,
+    bias_grad,
+    table_grad,
+    rows,
+    flags,
+):
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: units first…last-1.
 
     packed (P, G, PANEL): W_hh's columns first…last-1 in panels. dh, dc (B, H) arrive as dh_T,
@@ -134,8 +167,18 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
     waited = 0
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
-            _gate_grads_row(gates[t, b], dgates[t, b], first, last, dy[t, b], dh[b], dc[b],
-                            cs[t, b], tanh_cs[t, b], apart)  # fmt: skip
+            _gate_grads_row(
+                gates[t, b],
+                dgates[t, b],
+                first,
+                last,
+                dy[t, b],
+                dh[b],
+                dc[b],
+                cs[t, b],
+                tanh_cs[t, b],
+                apart,
+            )
             dz = dgates[t, b].reshape(4, hidden)  # (4, H)
             target = bias_4 if table_grad is None else table_grad[rows[t, b]].reshape(4, hidden)
             for gate in range(4):  # target (4, H)
@@ -146,8 +189,9 @@ def backward_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dga
 
 
 @cached_njit(nogil=True, error_model="numpy")
-def _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
-                  flags):  # fmt: skip
+def _forward_rows(
+    lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags
+):
     """Rows first…last-1 from step ``start`` on; before each step, the upper half of them is
     handed over to a lane that has asked (``sync.offer``). Returns the row-steps done."""
     steps, hidden = gates.shape[0], hs.shape[2]
@@ -170,8 +214,9 @@ def _forward_rows(lane, first, last, start, packed, gates, has_input, table, row
 
 
 @cached_njit(nogil=True, error_model="numpy")
-def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs,
-                      flags):  # fmt: skip
+def forward_rows_lane(
+    lane, first, last, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags
+):
     """Lane ``lane``'s part of ``cell.lstm_forward``: batch rows first…last-1, all units, then
     rows handed over by busier lanes (``sync.steal``), whose requests it answers before each
     step (``sync.offer``).
@@ -181,8 +226,9 @@ def forward_rows_lane(lane, first, last, packed, gates, has_input, table, rows, 
     steps = gates.shape[0]
     start, waited, work = np.int64(0), 0, 0  # (a literal 0 would compile _forward_rows twice)
     while first < last:
-        work += _forward_rows(lane, first, last, start, packed, gates, has_input, table, rows, hs,
-                              cs, tanh_cs, flags)  # fmt: skip
+        work += _forward_rows(
+            lane, first, last, start, packed, gates, has_input, table, rows, hs, cs, tanh_cs, flags
+        )
         first, last, start, asked = steal(flags, lane, steps)
         waited += asked
     close(flags, lane)
@@ -206,14 +252,16 @@ def _add_sums(dgates, ids, sums, low, high, counts, cursor, upto):
 
 
 @cached_njit(nogil=True, error_model="numpy")
-def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, flags,
-                   counts, sums, ids, low, high, cursor, dy_weight, dy_dout, step_dy):  # fmt: skip
+def _backward_rows(lane, first, last, done, cursor, arrays, shared, step_dy):
     """Rows first…last-1 backward from step T-1-done down to 0 (``done`` steps of them are done
     already); before each step the upper half of them is handed over to a lane that has asked
     (``sync.offer``; steps counted as steps done, T-1-t); after each, the lane's columns of the
     sums of the steps before it that every lane has finished (``_add_sums`` from ``cursor``).
     With ``dy_weight`` panels, each step's rows of dy are dy_dout[t] W, made in ``step_dy``.
+    ``arrays`` and ``shared`` are ``backward_rows_lane``'s arguments, as it groups them.
     Returns the row-steps done and the sums' next step."""
+    packed, dy, gates, cs, tanh_cs, dh, dc, dgates = arrays
+    flags, counts, sums, ids, low, high, dy_weight, dy_dout = shared
     steps, hidden = gates.shape[0], dh.shape[1]
     left = steps - done  # views of the steps left, under new names (a loop from T-1-done is
     # 15 % slower, and so are views under the arguments' names)
@@ -232,8 +280,16 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
             dy_t = dy_[t, first:last]  # (R, H)
         for b in range(first, last):  # whole rows (the units' views of _gate_grads_row cost
             # 0.5 ns per unit more in cache: 1.39 against 0.88)
-            gate_grads(gates_[t, b], dy_t[b - first], dh[b], dc[b], cs_[t, b], tanh_cs_[t, b],
-                       dgates_[t, b], apart)  # fmt: skip
+            gate_grads(
+                gates_[t, b],
+                dy_t[b - first],
+                dh[b],
+                dc[b],
+                cs_[t, b],
+                tanh_cs_[t, b],
+                dgates_[t, b],
+                apart,
+            )
         _state_grad_product(dgates_[t, first:last], packed, dh[first:last], 0, hidden)
         sync.count_rows(counts, steps - 1 - t, last - first)
         work += last - first
@@ -243,8 +299,25 @@ def _backward_rows(lane, first, last, done, packed, dy, gates, cs, tanh_cs, dh, 
 
 
 @cached_njit(nogil=True, error_model="numpy")
-def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc, dgates, sums,
-                       ids, counts, dy_weight, dy_dout, flags):  # fmt: skip
+def backward_rows_lane(
+    lane,
+    first,
+    last,
+    packed,
+    dy,
+    gates,
+    cs,
+    tanh_cs,
+    dh,
+    dc,
+    dgates,
+    sums,
+    ids,
+    counts,
+    dy_weight,
+    dy_dout,
+    flags,
+):
     """Lane ``lane``'s part of ``cell.lstm_backward``'s time loop: batch rows first…last-1, then
     rows handed over by busier lanes (as ``forward_rows_lane``), and its columns of the sums
     over rows.
@@ -268,11 +341,10 @@ def backward_rows_lane(lane, first, last, packed, dy, gates, cs, tanh_cs, dh, dc
     done, cursor = np.int64(0), np.int64(0)  # (literal 0s would compile _backward_rows twice)
     step_dy = np.empty((dh.shape[0], dh.shape[1]), dtype=dh.dtype)  # (B, H) one step's dy rows
     waited, work = 0, 0
+    arrays = (packed, dy, gates, cs, tanh_cs, dh, dc, dgates)
+    shared = (flags, counts, sums, ids, low, high, dy_weight, dy_dout)
     while first < last:
-        rows_work, cursor = _backward_rows(lane, first, last, done, packed, dy, gates, cs,
-                                           tanh_cs, dh, dc, dgates, flags, counts, sums, ids,
-                                           low, high, cursor, dy_weight, dy_dout,
-                                           step_dy)  # fmt: skip
+        rows_work, cursor = _backward_rows(lane, first, last, done, cursor, arrays, shared, step_dy)
         work += rows_work
         first, last, done, asked = steal(flags, lane, steps)
         waited += asked

@@ -113,9 +113,14 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
 
 
 def lstm_backward(
-    dy, cache: LayerCache, weights: LayerWeights, dh_n=None, dc_n=None, grads=None,
+    dy,
+    cache: LayerCache,
+    weights: LayerWeights,
+    dh_n=None,
+    dc_n=None,
+    grads=None,
     consume_cache=False,
-):  # fmt: skip
+):
     """As ``cell.lstm_backward``, with the same split by step size as ``lstm_forward``. dy may
     be a ``LinearInputGrad``: the lanes by rows multiply out each step's rows in the time loop,
     the other paths multiply it out first.
@@ -346,10 +351,12 @@ def _forward_on_lanes(x, weights, h0, c0, count):
     def pack(first, last):
         return _pack_rows(weights.weight_hh, first, last, span)
 
-    split = _split(h0.shape[0], hidden, count, span, lanes.forward_lane, lanes.forward_rows_lane,
-                   pack)  # fmt: skip
-    _run_balanced(*split, cache.gates, not is_ids(x), table, rows, cache.hs, cache.cs,
-                  cache.tanh_cs)  # fmt: skip
+    split = _split(
+        h0.shape[0], hidden, count, span, lanes.forward_lane, lanes.forward_rows_lane, pack
+    )
+    _run_balanced(
+        *split, cache.gates, not is_ids(x), table, rows, cache.hs, cache.cs, cache.tanh_cs
+    )
     return finish_forward(cache)
 
 
@@ -381,18 +388,29 @@ def _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, count):
     def pack(first, last):
         return _pack_columns(weights.weight_hh, first, last, span)
 
-    split = _split(dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane,
-                   pack)  # fmt: skip
+    split = _split(
+        dh.shape[0], hidden, count, span, lanes.backward_lane, lanes.backward_rows_lane, pack
+    )
     if split[0] is lanes.backward_rows_lane:  # the sums as steps are done
         dy, dy_weight, dy_dout = _rows_dy(dy, span)
         sums = bias_grad.reshape(1, four_h) if table_grad is None else table_grad  # (D, G)
         ids = rows if is_ids(cache.x) else np.zeros(dgates.shape[:2], dtype=np.intp)  # (T, B)
         counts = np.zeros(dgates.shape[0], dtype=np.int64)  # rows done per step
-        lane_args = (dy, cache.gates, cache.cs, cache.tanh_cs, dh, dc, dgates, sums, ids, counts,
-                     dy_weight, dy_dout)  # fmt: skip
+        state = (dy, cache.gates, cache.cs, cache.tanh_cs, dh, dc, dgates)
+        lane_args = (*state, sums, ids, counts, dy_weight, dy_dout)
     else:  # the sums in the time loop
-        lane_args = (np.ascontiguousarray(_dense(dy)), cache.gates, cache.cs, cache.tanh_cs, dh,
-                     dc, dgates, bias_grad, table_grad, rows)  # fmt: skip
+        lane_args = (
+            np.ascontiguousarray(_dense(dy)),
+            cache.gates,
+            cache.cs,
+            cache.tanh_cs,
+            dh,
+            dc,
+            dgates,
+            bias_grad,
+            table_grad,
+            rows,
+        )
     _run_balanced(*split, *lane_args)
 
     def weight_ih_grad(ids, dgates_2d, out):  # summed in the loop: (D, G) -> (G, D)

@@ -119,8 +119,9 @@ def _monotonic_ns(typingctx):
         function = cgutils.get_or_insert_function(builder.module, function_type, "clock_gettime")
         place = cgutils.alloca_once(builder, timespec)
         builder.call(function, [ir.Constant(ir.IntType(32), time.CLOCK_MONOTONIC), place])
-        seconds, nanoseconds = (builder.load(cgutils.gep_inbounds(builder, place, 0, j))
-                                for j in (0, 1))  # fmt: skip
+        seconds, nanoseconds = (
+            builder.load(cgutils.gep_inbounds(builder, place, 0, j)) for j in (0, 1)
+        )
         return builder.add(builder.mul(seconds, ir.Constant(word, 10**9)), nanoseconds)
 
     return types.int64(), codegen

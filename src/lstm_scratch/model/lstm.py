@@ -44,9 +44,15 @@ def stacked_lstm_forward(x, layers: Sequence[LayerWeights], h0, c0, masks=None, 
 
 
 def stacked_lstm_backward(
-    dy, cache: StackCache, layers: Sequence[LayerWeights], dh_n, dc_n, grads, backend="auto",
+    dy,
+    cache: StackCache,
+    layers: Sequence[LayerWeights],
+    dh_n,
+    dc_n,
+    grads,
+    backend="auto",
     consume_cache=False,
-):  # fmt: skip
+):
     """dy (T, B, H), or what ``backends.linear_input_grad`` made for it; dh_n, dc_n (L, B, H) or
     None; grads: per layer LayerWeights to write into. ``consume_cache``: the caller is done
     with ``cache`` (see ``backends.layer_backward``).

@@ -128,8 +128,10 @@ def machine_phrase() -> str:
     """'the machine has 23 GiB available (24 GiB in all)', or less where it cannot be read."""
     available, total = available_bytes()
     if available is None:
-        return "the machine's memory could not be read" if total is None else (
-            f"the machine has {gib(total)}"
+        return (
+            "the machine's memory could not be read"
+            if total is None
+            else (f"the machine has {gib(total)}")
         )
     in_all = f" ({gib(total)} in all)" if total is not None else ""
     return f"the machine has {gib(available)} available{in_all}"

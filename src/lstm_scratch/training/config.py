@@ -32,75 +32,94 @@ def setting(group: str, default, help: str, *, choices=None, shown=None, metavar
 @dataclass
 class TrainConfig:
     data: str | None = setting(
-        "data", None, "the text file to train on, read in --encoding",
-        shown="the built-in Hamlet passage", metavar="FILE",
-    )  # fmt: skip
+        "data",
+        None,
+        "the text file to train on, read in --encoding",
+        shown="the built-in Hamlet passage",
+        metavar="FILE",
+    )
     encoding: str = setting("data", "utf-8", "the text file's encoding", metavar="NAME")
     lower: bool = setting("data", False, "lowercase the text before training")
     val_fraction: float = setting(
-        "data", 0.1,
+        "data",
+        0.1,
         "the share of the text, at its end, held out for validation (as nanoGPT); 0 validates "
         "on the training text",
-    )  # fmt: skip
+    )
     max_vocab: int | None = setting(
-        "data", None, "keep the K-1 most frequent characters and one bucket for all the others",
-        shown="every character", metavar="K",
-    )  # fmt: skip
+        "data",
+        None,
+        "keep the K-1 most frequent characters and one bucket for all the others",
+        shown="every character",
+        metavar="K",
+    )
     hidden_size: int = setting("model", 128, "units in each LSTM layer")
     num_layers: int = setting("model", 2, "stacked LSTM layers")
     embed_size: int = setting(
         "model", 32, "the width of the character embedding; 0 feeds one-hot vectors"
     )
     dropout: float = setting(
-        "model", 0.0,
+        "model",
+        0.0,
         "the dropout probability on the input of LSTM layers 2..L and on the last layer's output",
-    )  # fmt: skip
+    )
     init: str = setting(
-        "model", "pytorch",
+        "model",
+        "pytorch",
         "weight initialisation: pytorch, uniform in ±1/sqrt(H) as torch.nn.LSTM; or xavier, per "
         "gate with zero biases, as the original notebook",
         choices=("pytorch", "xavier"),
-    )  # fmt: skip
+    )
     forget_bias: float | None = setting(
-        "model", None, "set the forget gates' initial bias to this value",
+        "model",
+        None,
+        "set the forget gates' initial bias to this value",
         shown="as --init sets it",
-    )  # fmt: skip
+    )
     dtype: str = setting(
-        "model", "float32", "the precision of weights, gradients and activations",
+        "model",
+        "float32",
+        "the precision of weights, gradients and activations",
         choices=("float32", "float64"),
-    )  # fmt: skip
+    )
     backend: str = setting(
-        "model", "auto",
+        "model",
+        "auto",
         "numba: compiled time loops; numpy: the reference; auto: chosen by the model's size",
         choices=BACKENDS,
-    )  # fmt: skip
+    )
     batch_size: int = setting("optimisation", 32, "rows of text trained on side by side")
     seq_len: int = setting("optimisation", 64, "characters per truncated-BPTT window")
     steps: int | None = setting(
-        "optimisation", None, "train for N steps; replaces a preset's --epochs",
+        "optimisation",
+        None,
+        "train for N steps; replaces a preset's --epochs",
         shown="1000, unless --epochs is given",
-    )  # fmt: skip
+    )
     epochs: float | None = setting(
-        "optimisation", None,
-        "train for X passes over the training text, fractions allowed; replaces a preset's "
-        "--steps",
+        "optimisation",
+        None,
+        "train for X passes over the training text, fractions allowed; replaces a preset's --steps",
         shown="none, the run counts --steps",
-    )  # fmt: skip
+    )
     optimizer: str = setting(
-        "optimisation", "adamw", "the optimizer, updating as torch.optim's does",
+        "optimisation",
+        "adamw",
+        "the optimizer, updating as torch.optim's does",
         choices=OPTIMIZERS,
-    )  # fmt: skip
+    )
     lr: float = setting("optimisation", 2e-3, "the base learning rate, the schedule's peak")
     weight_decay: float = setting(
         "optimisation", 0.0, "weight decay: added to the gradient (sgd, adam) or decoupled (adamw)"
     )
     momentum: float = setting("optimisation", 0.0, "sgd's momentum")
     schedule: str = setting(
-        "optimisation", "constant",
+        "optimisation",
+        "constant",
         "the learning-rate schedule after warmup: constant, cosine (down to --min-lr-ratio at "
         "the last step) or step (times --gamma every --step-size steps)",
         choices=SCHEDULES,
-    )  # fmt: skip
+    )
     warmup_steps: int = setting(
         "optimisation", 0, "steps of linear warmup up to --lr, before the schedule"
     )
@@ -113,14 +132,17 @@ class TrainConfig:
         "optimisation", 5.0, "clip the global gradient norm to this", metavar="NORM"
     )
     clip_value: float | None = setting(
-        "optimisation", None, "clip each gradient entry into [-X, X], as the original notebook",
+        "optimisation",
+        None,
+        "clip each gradient entry into [-X, X], as the original notebook",
         shown="no clipping",
-    )  # fmt: skip
+    )
     loss_reduction: str = setting(
-        "optimisation", "mean",
+        "optimisation",
+        "mean",
         "mean: the loss per character; sum: the loss summed over the batch, as the notebook",
         choices=("mean", "sum"),
-    )  # fmt: skip
+    )
     seed: int = setting(
         "the run", 0, "seeds the initial weights and the dropout masks: same seed, same run"
     )
@@ -134,20 +156,26 @@ class TrainConfig:
         "the run", None, "stop early after N evaluations without improvement", shown="never"
     )
     time_limit: float | None = setting(
-        "the run", None,
+        "the run",
+        None,
         "evaluate, save and stop after this many minutes of this call",
-        shown="none", metavar="MINUTES",
-    )  # fmt: skip
+        shown="none",
+        metavar="MINUTES",
+    )
     on_nonfinite: str = setting(
-        "the run", "stop", "a NaN or infinite loss or gradient: stop, or skip the batch",
+        "the run",
+        "stop",
+        "a NaN or infinite loss or gradient: stop, or skip the batch",
         choices=("stop", "skip"),
-    )  # fmt: skip
+    )
     preset: str | None = setting(
-        "data", None,
+        "data",
+        None,
         "start from a named set of settings, which the flags given replace: hamlet, the "
         "original notebook's run, or shakespeare, which needs --data",
-        shown="hamlet without --data, none with it", metavar="NAME",
-    )  # fmt: skip
+        shown="hamlet without --data, none with it",
+        metavar="NAME",
+    )
 
     def pick(self, kind: type, **extra):
         """A ``kind`` dataclass (ModelConfig, OptimizerConfig, ScheduleConfig) holding this

@@ -166,10 +166,20 @@ class Adam(FlatOptimizer):
         if kernel is not None:  # the same update in one compiled pass
             scalar = self.dtype.type
             kernel(
-                params, grads, m, v, scalar(beta1), scalar(beta2), scalar(self.config.eps),
-                scalar(wd), self.decoupled, scalar(1.0 - lr * wd), scalar(1.0 - beta2),
-                scalar(math.sqrt(1.0 - beta2**self.t)), scalar(lr / (1.0 - beta1**self.t)),
-            )  # fmt: skip
+                params,
+                grads,
+                m,
+                v,
+                scalar(beta1),
+                scalar(beta2),
+                scalar(self.config.eps),
+                scalar(wd),
+                self.decoupled,
+                scalar(1.0 - lr * wd),
+                scalar(1.0 - beta2),
+                scalar(math.sqrt(1.0 - beta2**self.t)),
+                scalar(lr / (1.0 - beta1**self.t)),
+            )
             return
         if self.decoupled:
             if wd != 0:

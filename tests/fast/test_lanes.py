@@ -270,8 +270,9 @@ def test_importing_lstm_scratch_first_shortens_openblas_idle_polling():
     late = _lanes_in_subprocess("import numpy; from lstm_scratch.fast import host; " + report)
     assert late == ["None", "1"]
     # a value the user set is kept
-    kept = _lanes_in_subprocess("from lstm_scratch.fast import host; " + report,
-                                OPENBLAS_THREAD_TIMEOUT="28")  # fmt: skip
+    kept = _lanes_in_subprocess(
+        "from lstm_scratch.fast import host; " + report, OPENBLAS_THREAD_TIMEOUT="28"
+    )
     assert kept == ["28", "1"]
 
 

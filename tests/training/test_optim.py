@@ -210,9 +210,16 @@ def test_step_schedule() -> None:
 
 def test_the_optimizer_and_schedule_take_the_train_config_s_settings_by_name() -> None:
     config = make_config(
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01, schedule="step",
-        warmup_steps=2, step_size=5, gamma=0.3, min_lr_ratio=0.2,
-    )  # fmt: skip
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=0.01,
+        schedule="step",
+        warmup_steps=2,
+        step_size=5,
+        gamma=0.3,
+        min_lr_ratio=0.2,
+    )
     assert config.pick(OptimizerConfig) == OptimizerConfig(
         "sgd", lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, momentum=0.9
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pooled.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pooled.py"
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +34,22 @@ def _entry(scratch, torch, with_rounds):
 
 
 def test_rounds_of_all_files_are_pooled_old_reports_included(pooled, tmp_path, capsys):
-    new = _write(tmp_path / "new.json", {
-        "train": {"d": _entry([15.0, 13.0, 16.0], [10.0, 10.0, 10.0], True)},
-        "sample": _entry([40.0, 50.0], [10.0, 10.0], True),
-    })  # fmt: skip
-    old = _write(tmp_path / "old.json", {"train": {  # no round_ratios: made from the runs
-        "d": _entry([12.0, 14.0], [10.0, 10.0], False), "b": _entry([2.0], [1.0], False),
-    }})  # fmt: skip
+    new = _write(
+        tmp_path / "new.json",
+        {
+            "train": {"d": _entry([15.0, 13.0, 16.0], [10.0, 10.0, 10.0], True)},
+            "sample": _entry([40.0, 50.0], [10.0, 10.0], True),
+        },
+    )
+    old = _write(
+        tmp_path / "old.json",
+        {
+            "train": {  # no round_ratios: made from the runs
+                "d": _entry([12.0, 14.0], [10.0, 10.0], False),
+                "b": _entry([2.0], [1.0], False),
+            }
+        },
+    )
     found = pooled.pool([new, old])
     assert found["d"]["rounds"] == pytest.approx([1.5, 1.3, 1.6, 1.2, 1.4])
     assert found["sample"]["rounds"] == pytest.approx([4.0, 5.0])
@@ -48,8 +57,10 @@ def test_rounds_of_all_files_are_pooled_old_reports_included(pooled, tmp_path, c
     printed = capsys.readouterr().out
     low, high = pooled.median_interval([1.5, 1.3, 1.6, 1.2, 1.4])
     assert low <= 1.4 <= high
-    assert (f"d: 5 rounds from 2 runs, median 1.400x (95 % {low:.3f}-{high:.3f}); "
-            "3 of 5 rounds >= 1.4x, 1 of 2 runs") in printed  # fmt: skip
+    assert (
+        f"d: 5 rounds from 2 runs, median 1.400x (95 % {low:.3f}-{high:.3f}); "
+        "3 of 5 rounds >= 1.4x, 1 of 2 runs"
+    ) in printed
     assert "sample: 2 rounds from 1 runs" in printed and "2 of 2 rounds >= 3.0x" in printed
     assert "old.json: 1.30x, round by round 1.30x" in printed
     assert pooled.main([new, old, "--config", "b"]) == 0

@@ -48,9 +48,16 @@ def test_flops_per_char_counts_every_layer():
 
 def test_workers_do_the_work_they_report():
     tiny = dict(
-        hidden=8, vocab=11, batch=2, seq_len=5, layers=2, dtype="float32", optimizer="adam",
-        threads=1, sample_length=7,
-    )  # fmt: skip
+        hidden=8,
+        vocab=11,
+        batch=2,
+        seq_len=5,
+        layers=2,
+        dtype="float32",
+        optimizer="adam",
+        threads=1,
+        sample_length=7,
+    )
     for name in ("scratch", "torch", "notebook"):
         steps, seconds = bench_workers.WORKERS["train", name](tiny, 0.0)
         assert steps >= 3 and seconds > 0
@@ -89,11 +96,21 @@ def test_round_ratios_pair_each_round_with_the_faster_other():
 def test_report_prints_the_round_by_round_ratios():
     summary = {"median": 1.0, "min": 1.0, "max": 1.0, "peak_rss_mib": 1.0}
     report = {
-        "machine": {"cpus": 2, "numpy": "2", "blas": [],
-                    "openblas_env": {"OPENBLAS_CORETYPE": None}},
-        "gemm_peak_gflops": 100.0, "gemm_peak_samples": [100.0],
-        "train": {"d": {"config": dict(hidden=256, layers=1, vocab=65, batch=64, seq_len=100),
-                        "results": {"scratch": summary, "torch": summary}, "ratio": 1.4,
-                        "round_ratios": [1.2, 1.5, 1.3]}},
-    }  # fmt: skip
+        "machine": {
+            "cpus": 2,
+            "numpy": "2",
+            "blas": [],
+            "openblas_env": {"OPENBLAS_CORETYPE": None},
+        },
+        "gemm_peak_gflops": 100.0,
+        "gemm_peak_samples": [100.0],
+        "train": {
+            "d": {
+                "config": dict(hidden=256, layers=1, vocab=65, batch=64, seq_len=100),
+                "results": {"scratch": summary, "torch": summary},
+                "ratio": 1.4,
+                "round_ratios": [1.2, 1.5, 1.3],
+            }
+        },
+    }
     assert "ratio 1.40x; round by round 1.30x (1.20-1.50)" in bench.format_report(report)

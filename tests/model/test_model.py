@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gradcheck import numeric_gradient, rel_error
+from conftest import numeric_gradient, rel_error
 from lstm_scratch.model.charlm import CharLM, ModelConfig
 
 
@@ -51,8 +51,14 @@ def test_every_gradient_entry_is_written(embed_size, backend, large_steps, monke
 
     monkeypatch.setattr(FlatParams, "empty_like", nan_filled)
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: not large_steps)
-    config = ModelConfig(vocab_size=7, hidden_size=20, num_layers=2, embed_size=embed_size,
-                         dropout=0.2, dtype="float32")  # fmt: skip
+    config = ModelConfig(
+        vocab_size=7,
+        hidden_size=20,
+        num_layers=2,
+        embed_size=embed_size,
+        dropout=0.2,
+        dtype="float32",
+    )
     model = CharLM(config, seed=1, backend=backend)
     rng = np.random.default_rng(0)
     ids, targets = rng.integers(0, 7, (5, 4)), rng.integers(0, 7, (5, 4))

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradcheck import rel_error
+from conftest import rel_error
 from lstm_scratch import LSTM
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcheck import rel_error
+from conftest import rel_error
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.model.data import HAMLET
 from lstm_scratch.training import distributed
@@ -22,10 +22,29 @@ needs_mpi = pytest.mark.skipif(
 )
 # float64, two layers, dropout, an uneven split (B 5 over 3 ranks is 2, 1, 2 rows)
 ARGS = [
-    "--hidden-size", "12", "--num-layers", "2", "--embed-size", "6", "--dropout", "0.2",
-    "--batch-size", "5", "--seq-len", "16", "--dtype", "float64", "--optimizer", "adam",
-    "--lr", "3e-3", "--eval-every", "10", "--seed", "3",
-]  # fmt: skip
+    "--hidden-size",
+    "12",
+    "--num-layers",
+    "2",
+    "--embed-size",
+    "6",
+    "--dropout",
+    "0.2",
+    "--batch-size",
+    "5",
+    "--seq-len",
+    "16",
+    "--dtype",
+    "float64",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "3e-3",
+    "--eval-every",
+    "10",
+    "--seed",
+    "3",
+]
 
 
 def train(tmp_path, ranks, out, *extra):

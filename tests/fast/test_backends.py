@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradcheck import rel_error
+from conftest import rel_error
 from lstm_scratch import LSTM
 from lstm_scratch.fast import fused, host
 from lstm_scratch.fast import layer as fast_layer
@@ -16,8 +16,9 @@ from lstm_scratch.model.charlm import CharLM, ModelConfig
 from lstm_scratch.reference import ops
 
 
-@pytest.fixture(params=["compiled loop", "1 lane", "2 lanes", "3 lanes", "2 row lanes",
-                        "3 row lanes"])  # fmt: skip
+@pytest.fixture(
+    params=["compiled loop", "1 lane", "2 lanes", "3 lanes", "2 row lanes", "3 row lanes"]
+)
 def fast_path(request, monkeypatch):
     """The numba backend compiles the whole time loop for small steps and runs large ones on
     lanes (threads owning slices of the hidden units, or rows of the batch); test each at any
@@ -84,9 +85,13 @@ def test_char_model_same_loss_and_gradients_on_both_backends(fast_path, dropout)
     """Without dropout on the last output, the decoder's input gradient reaches the last layer
     as a ``fast.layer.LinearInputGrad``, which the lanes by rows multiply out step by step."""
     config = ModelConfig(
-        vocab_size=11, hidden_size=12, num_layers=2, embed_size=5, dropout=dropout,
+        vocab_size=11,
+        hidden_size=12,
+        num_layers=2,
+        embed_size=5,
+        dropout=dropout,
         dtype="float64",
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(0)
     ids, targets = rng.integers(0, 11, (8, 3)), rng.integers(0, 11, (8, 3))
     out = []

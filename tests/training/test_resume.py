@@ -7,19 +7,33 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import SMALL, assert_one_line_error, metrics, run, weights
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.config import make_config
 from lstm_scratch.training.runs import RUN_FILE
-from test_cli import SMALL, assert_one_line_error, metrics, run, weights
 
 
 def original(text, run_dir, steps=24):
     """A full training command line, as a user would type it."""
     return [
-        "train", "--data", text, "--steps", steps, "--seed", 11, "--eval-every", 8,
-        "--checkpoint-every", 4, "--dropout", 0.2, "--out", run_dir, *SMALL,
-    ]  # fmt: skip
+        "train",
+        "--data",
+        text,
+        "--steps",
+        steps,
+        "--seed",
+        11,
+        "--eval-every",
+        8,
+        "--checkpoint-every",
+        4,
+        "--dropout",
+        0.2,
+        "--out",
+        run_dir,
+        *SMALL,
+    ]
 
 
 def assert_same_weights(a, b):

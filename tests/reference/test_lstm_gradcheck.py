@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gradcheck import numeric_gradient, rel_error
+from conftest import numeric_gradient, rel_error
 from lstm_scratch import LSTM
 from lstm_scratch.reference import cell
 from lstm_scratch.reference.cell import split_gates

@@ -22,9 +22,17 @@ def test_short_run_on_shakespeare_beats_the_unigram_entropy(tmp_path, shakespear
     text = shakespeare.read_text(encoding="utf-8")[:60_000]
     (tmp_path / "slice.txt").write_text(text, encoding="utf-8")
     config = make_config(
-        data=str(tmp_path / "slice.txt"), hidden_size=96, num_layers=1, embed_size=16,
-        batch_size=16, seq_len=48, steps=250, optimizer="adam", lr=4e-3, eval_every=250,
-    )  # fmt: skip
+        data=str(tmp_path / "slice.txt"),
+        hidden_size=96,
+        num_layers=1,
+        embed_size=16,
+        batch_size=16,
+        seq_len=48,
+        steps=250,
+        optimizer="adam",
+        lr=4e-3,
+        eval_every=250,
+    )
     result = train(config, out=tmp_path / "run", quiet=True, log=lambda line: None)
     baseline = unigram_entropy(text[int(len(text) * 0.9) :])  # the validation slice
     assert baseline > 3.0  # about 3.3 nats/char for this text
@@ -36,10 +44,18 @@ def test_a_memorised_sentence_comes_back_at_temperature_zero(tmp_path):
     sentence = "the quick brown fox jumps over the lazy dog. "
     (tmp_path / "s.txt").write_text(sentence * 40, encoding="utf-8")
     config = make_config(
-        data=str(tmp_path / "s.txt"), hidden_size=32, num_layers=1, embed_size=8,
-        batch_size=4, seq_len=45, steps=300, optimizer="adam", lr=1e-2, val_fraction=0.0,
+        data=str(tmp_path / "s.txt"),
+        hidden_size=32,
+        num_layers=1,
+        embed_size=8,
+        batch_size=4,
+        seq_len=45,
+        steps=300,
+        optimizer="adam",
+        lr=1e-2,
+        val_fraction=0.0,
         eval_every=300,
-    )  # fmt: skip
+    )
     result = train(config, out=tmp_path / "run", quiet=True, log=lambda line: None)
     vocab, prime = result.vocab, "the quick"
     ids = sample(result.model, vocab.encode(prime), len(sentence) * 2 - len(prime), 0.0)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradcheck import rel_error
+from conftest import rel_error
 from lstm_scratch import LSTM
 
 

@@ -10,49 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from lstm_scratch.app.cli import build_parser, main
+from conftest import SMALL, assert_one_line_error, metrics, run, weights
+from lstm_scratch.app.cli import build_parser
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.config import TrainConfig
 from lstm_scratch.training.loading import load_model
-
-SMALL = [
-    "--hidden-size",
-    "16",
-    "--num-layers",
-    "2",
-    "--embed-size",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--quiet",
-]
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def metrics(folder):
-    """The evaluations a run wrote to its metrics.jsonl, in order."""
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(folder):
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def assert_greedy(run_dir, prime, printed):
@@ -106,8 +70,12 @@ def test_help_is_plain_text_and_shows_every_default(capsys):
     assert "--steps N train for N steps; replaces a preset's --epochs (default: 1000" in text
     assert text.count("(default: ") == len(dataclasses.fields(TrainConfig)) + 4
     assert [line for line in out.splitlines() if line[:1].isalpha() and line.endswith(":")] == [
-        "options:", "data:", "model:", "optimisation:", "the run:",
-    ]  # fmt: skip
+        "options:",
+        "data:",
+        "model:",
+        "optimisation:",
+        "the run:",
+    ]
 
 
 @pytest.mark.slow
@@ -521,9 +489,20 @@ def test_a_nan_loss_stops_naming_the_step_or_skips_the_batch(
     monkeypatch.setattr(CharLM, "loss_and_grads", poisoned)
     run_dir = tmp_path / "run"
     code, out, err = run(
-        capsys, "train", "--data", text_file, "--steps", "8", "--eval-every", "2",
-        "--quiet", "--out", run_dir, "--on-nonfinite", policy,
-    )  # fmt: skip
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        "8",
+        "--eval-every",
+        "2",
+        "--quiet",
+        "--out",
+        run_dir,
+        "--on-nonfinite",
+        policy,
+    )
     if policy == "stop":
         assert_one_line_error(code, err, "the loss became nan at step 5", "is kept")
         assert checkpoint.load_checkpoint(run_dir)[1]["step"] == 4  # the last good checkpoint
@@ -549,9 +528,20 @@ def test_a_full_disk_keeps_the_previous_checkpoint_whole(tmp_path, capsys, text_
 
     monkeypatch.setattr(checkpoint.os, "fsync", fsync)
     code, _, err = run(
-        capsys, "train", "--data", text_file, "--steps", "9", "--eval-every", "100",
-        "--checkpoint-every", "2", "--quiet", "--out", run_dir,
-    )  # fmt: skip
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        "9",
+        "--eval-every",
+        "100",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+        "--out",
+        run_dir,
+    )
     assert_one_line_error(code, err, "could not write", "No space left on device")
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(run_dir)[1]["step"] == 4

@@ -17,10 +17,28 @@ from lstm_scratch.training import checkpoint
 from lstm_scratch.training.runs import RUN_FILE
 
 ARGS = [
-    "--hidden-size", "16", "--num-layers", "1", "--embed-size", "8", "--batch-size", "4",
-    "--seq-len", "16", "--dropout", "0.1", "--dtype", "float64", "--seed", "5",
-    "--checkpoint-every", "1", "--eval-every", "100", "--quiet",
-]  # fmt: skip
+    "--hidden-size",
+    "16",
+    "--num-layers",
+    "1",
+    "--embed-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--dropout",
+    "0.1",
+    "--dtype",
+    "float64",
+    "--seed",
+    "5",
+    "--checkpoint-every",
+    "1",
+    "--eval-every",
+    "100",
+    "--quiet",
+]
 
 
 def command(tmp_path, run_dir, steps):

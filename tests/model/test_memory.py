@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error, run
 from lstm_scratch.model import memory
 from lstm_scratch.model.charlm import CharLM, ModelConfig
 from lstm_scratch.model.data import HAMLET, Vocab
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.evaluate import evaluate
-from test_cli import assert_one_line_error, run
 
 GIB = 2**30
 
@@ -95,9 +95,20 @@ def test_running_out_of_memory_in_training_keeps_the_checkpoint(
     monkeypatch.setattr(CharLM, "loss_and_grads", fails_at_the_fifth)
     run_dir = tmp_path / "run"
     code, _, err = run(
-        capsys, "train", "--data", text_file, "--steps", 8, "--checkpoint-every", 2,
-        "--eval-every", 100, "--quiet", "--out", run_dir,
-    )  # fmt: skip
+        capsys,
+        "train",
+        "--data",
+        text_file,
+        "--steps",
+        8,
+        "--checkpoint-every",
+        2,
+        "--eval-every",
+        100,
+        "--quiet",
+        "--out",
+        run_dir,
+    )
     assert_one_line_error(code, err, "out of memory")
     monkeypatch.undo()
     assert checkpoint.load_train_state(run_dir)[1]["step"] == 4
@@ -138,11 +149,37 @@ def test_data_that_is_not_a_regular_file_is_named(capsys, tmp_path, kind):
 
 
 SHAPES = [  # activations dominate; parameters dominate
-    ["--hidden-size", 64, "--num-layers", 1, "--embed-size", 16, "--batch-size", 256,
-     "--seq-len", 512, "--dtype", "float64", "--optimizer", "sgd"],
-    ["--hidden-size", 1024, "--num-layers", 2, "--embed-size", 0, "--batch-size", 8,
-     "--seq-len", 32, "--optimizer", "adam"],
-]  # fmt: skip
+    [
+        "--hidden-size",
+        64,
+        "--num-layers",
+        1,
+        "--embed-size",
+        16,
+        "--batch-size",
+        256,
+        "--seq-len",
+        512,
+        "--dtype",
+        "float64",
+        "--optimizer",
+        "sgd",
+    ],
+    [
+        "--hidden-size",
+        1024,
+        "--num-layers",
+        2,
+        "--embed-size",
+        0,
+        "--batch-size",
+        8,
+        "--seq-len",
+        32,
+        "--optimizer",
+        "adam",
+    ],
+]
 
 
 @pytest.mark.slow

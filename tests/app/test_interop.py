@@ -79,14 +79,28 @@ def test_import_round_trip_and_torch_made_file(tmp_path, capsys):
     np.testing.assert_array_equal(back.params.flat, model.params.flat)
     # a file made by torch itself, with no vocabulary: the text supplies it
     torch.manual_seed(0)
-    modules = {"embedding": torch.nn.Embedding(10, 4), "lstm": torch.nn.LSTM(4, 6, 1),
-               "decoder": torch.nn.Linear(6, 10)}  # fmt: skip
-    weights = {f"{m}.{k}": v.detach().numpy() for m, mod in modules.items()
-               for k, v in mod.state_dict().items()}  # fmt: skip
+    modules = {
+        "embedding": torch.nn.Embedding(10, 4),
+        "lstm": torch.nn.LSTM(4, 6, 1),
+        "decoder": torch.nn.Linear(6, 10),
+    }
+    weights = {
+        f"{m}.{k}": v.detach().numpy()
+        for m, mod in modules.items()
+        for k, v in mod.state_dict().items()
+    }
     save_file(weights, str(tmp_path / "torch.st"))
     (tmp_path / "text.txt").write_text("jihgfedcba" * 3, encoding="utf-8")
-    code = main(["import", str(tmp_path / "torch.st"), "--out", str(tmp_path / "t"),
-                 "--vocab-from", str(tmp_path / "text.txt")])  # fmt: skip
+    code = main(
+        [
+            "import",
+            str(tmp_path / "torch.st"),
+            "--out",
+            str(tmp_path / "t"),
+            "--vocab-from",
+            str(tmp_path / "text.txt"),
+        ]
+    )
     assert code == 0
     imported, _, _ = load_model(tmp_path / "t")
     assert imported.config.hidden_size == 6 and imported.config.embed_size == 4
@@ -125,8 +139,9 @@ FIRST_SEEN = list(dict.fromkeys(TEXT))  # another order, as a torch script's ito
 class TorchCharModel(torch.nn.Module):
     """nn.Embedding (or one-hot) -> nn.LSTM -> nn.Linear, under the given attribute names."""
 
-    def __init__(self, names, embed=8, hidden=12, batch_first=False, lstm_bias=True,
-                 decoder_bias=True):  # fmt: skip
+    def __init__(
+        self, names, embed=8, hidden=12, batch_first=False, lstm_bias=True, decoder_bias=True
+    ):
         super().__init__()
         self.names, self.batch_first, V = names, batch_first, len(SORTED)
         emb, rnn, dec = names
@@ -186,8 +201,9 @@ def write_inputs(tmp_path, itos):
 def our_loss(run, text, capsys):
     """`lstm-scratch eval --json` with batch 1: the state carried through the whole text."""
     capsys.readouterr()
-    assert main(["eval", run, "--data", text, "--batch-size", "1", "--seq-len", "64",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(["eval", run, "--data", text, "--batch-size", "1", "--seq-len", "64", "--json"]) == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["chars"] == len(TEXT) - 1
     return metrics["loss"]
@@ -230,9 +246,14 @@ CASES = {
 def test_torch_models_import_and_score_as_torch_does(tmp_path, capsys, case):
     itos = FIRST_SEEN if case.vocab == "--vocab" else SORTED
     model, torch_loss = trained(
-        itos, names=case.names, embed=case.embed, batch_first=case.batch_first,
-        lstm_bias=case.lstm_bias, nested=case.nested, tied=case.tied,
-    )  # fmt: skip
+        itos,
+        names=case.names,
+        embed=case.embed,
+        batch_first=case.batch_first,
+        lstm_bias=case.lstm_bias,
+        nested=case.nested,
+        tied=case.tied,
+    )
     weights = str(tmp_path / "model.safetensors")
     if case.tied:  # save_file refuses shared tensors; save_model keeps one, names both
         safetensors.torch.save_model(model, weights)
@@ -259,11 +280,13 @@ def test_names_settle_what_the_shapes_leave_open(tmp_path, capsys):
     for names in ["decoder=fc", "embedding=emb", "embedding=emb.,lstm=rnn,decoder=fc"]:
         assert main([*args, "--names", names]) == 0
         assert abs(our_loss(run, text, capsys) - torch_loss) <= 1e-5, names
-    for names, fragment in [("encoder=emb", "'encoder=emb' is not PART=MODULE"),
-                            ("decoder", "'decoder' is not PART=MODULE"),
-                            ("lstm=fc", "--names lstm=fc.: no fc.weight_ih_l0"),
-                            ("decoder=rnn", "the file has no rnn.weight"),
-                            ("decoder=fc,decoder=emb", "decoder is given twice")]:  # fmt: skip
+    for names, fragment in [
+        ("encoder=emb", "'encoder=emb' is not PART=MODULE"),
+        ("decoder", "'decoder' is not PART=MODULE"),
+        ("lstm=fc", "--names lstm=fc.: no fc.weight_ih_l0"),
+        ("decoder=rnn", "the file has no rnn.weight"),
+        ("decoder=fc,decoder=emb", "decoder is given twice"),
+    ]:
         one_line_error([*args, "--names", names], capsys, fragment)
 
 
@@ -278,13 +301,19 @@ def test_missing_parts_are_named_with_what_was_found(tmp_path, capsys):
     head = {"fc.weight": rng.normal(size=(30, 12)), "fc.bias": rng.normal(size=30)}
     head = {k: v.astype(np.float32) for k, v in head.items()}
     files = {
-        "no-embedding": ({**lstm_tensors(), **head}, "found the LSTM 'rnn.' (2 layers, hidden "
-                         "12, input 8) and the decoder 'fc.' (30, 12); no embedding: no (30, 8) "
-                         "table without a bias; name the parts with --names"),
-        "bare-lstm": (lstm_tensors(""), "found the LSTM '' (2 layers, hidden 12, input 8); "
-                      "no decoder: no (V, 12) weight with a (V,) bias"),
+        "no-embedding": (
+            {**lstm_tensors(), **head},
+            "found the LSTM 'rnn.' (2 layers, hidden "
+            "12, input 8) and the decoder 'fc.' (30, 12); no embedding: no (30, 8) "
+            "table without a bias; name the parts with --names",
+        ),
+        "bare-lstm": (
+            lstm_tensors(""),
+            "found the LSTM '' (2 layers, hidden 12, input 8); "
+            "no decoder: no (V, 12) weight with a (V,) bias",
+        ),
         "no-lstm": (head, "not a character model: no tensor is named as nn.LSTM names them"),
-    }  # fmt: skip
+    }
     for name, (tensors, message) in files.items():
         save_file(tensors, str(tmp_path / f"{name}.st"))
         args = ["import", str(tmp_path / f"{name}.st"), "--out", str(tmp_path / "o")]
@@ -294,35 +323,65 @@ def test_missing_parts_are_named_with_what_was_found(tmp_path, capsys):
 
 def test_what_charlm_cannot_compute_is_refused(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    rest = {"emb.weight": rng.normal(size=(30, 8)).astype(np.float32),
-            "fc.weight": rng.normal(size=(30, 12)).astype(np.float32),
-            "fc.bias": rng.normal(size=30).astype(np.float32)}  # fmt: skip
+    rest = {
+        "emb.weight": rng.normal(size=(30, 8)).astype(np.float32),
+        "fc.weight": rng.normal(size=(30, 12)).astype(np.float32),
+        "fc.bias": rng.normal(size=30).astype(np.float32),
+    }
     three = lstm_tensors(num_layers=3)
     files = {
-        "layernorm": ({**lstm_tensors(), **rest, "norm.weight": np.ones(12, np.float32),
-                       "norm.bias": np.zeros(12, np.float32)},
-                      "'emb.' (30, 8), but 'norm.bias', 'norm.weight' belong to none of them"),
-        "two-heads": ({**lstm_tensors(), **rest, "aux.weight": rest["fc.weight"],
-                       "aux.bias": rest["fc.bias"]},
-                      "2 tensors could be the decoder: 'aux.' (30, 12), 'fc.' (30, 12) (each "
-                      "a (V, 12) weight with a (V,) bias); CharLM has one decoder, so this model "
-                      "cannot be imported"),
-        "linear-to-V": ({**lstm_tensors(), **rest, "aux.weight": rest["emb.weight"],
-                         "aux.bias": rest["fc.bias"]},  # (V, E) but with a bias: no embedding
-                        "'emb.' (30, 8), but 'aux.bias', 'aux.weight' belong to none of them"),
-        "two-lstms": ({**lstm_tensors(), **lstm_tensors("rnn2."), **rest},
-                      "found 2 LSTMs 'rnn.', 'rnn2.'; CharLM has one"),
-        "float16": ({k: v.astype(np.float16) for k, v in (lstm_tensors() | rest).items()},
-                    "the tensors are ['float16']; lstm-scratch reads float32 or float64"),
+        "layernorm": (
+            {
+                **lstm_tensors(),
+                **rest,
+                "norm.weight": np.ones(12, np.float32),
+                "norm.bias": np.zeros(12, np.float32),
+            },
+            "'emb.' (30, 8), but 'norm.bias', 'norm.weight' belong to none of them",
+        ),
+        "two-heads": (
+            {
+                **lstm_tensors(),
+                **rest,
+                "aux.weight": rest["fc.weight"],
+                "aux.bias": rest["fc.bias"],
+            },
+            "2 tensors could be the decoder: 'aux.' (30, 12), 'fc.' (30, 12) (each "
+            "a (V, 12) weight with a (V,) bias); CharLM has one decoder, so this model "
+            "cannot be imported",
+        ),
+        "linear-to-V": (
+            {
+                **lstm_tensors(),
+                **rest,
+                "aux.weight": rest["emb.weight"],
+                "aux.bias": rest["fc.bias"],
+            },  # (V, E) but with a bias: no embedding
+            "'emb.' (30, 8), but 'aux.bias', 'aux.weight' belong to none of them",
+        ),
+        "two-lstms": (
+            {**lstm_tensors(), **lstm_tensors("rnn2."), **rest},
+            "found 2 LSTMs 'rnn.', 'rnn2.'; CharLM has one",
+        ),
+        "float16": (
+            {k: v.astype(np.float16) for k, v in (lstm_tensors() | rest).items()},
+            "the tensors are ['float16']; lstm-scratch reads float32 or float64",
+        ),
         "bidirectional": ({**lstm_tensors(bidirectional=True), **rest}, "is bidirectional"),
         "proj_size": ({**lstm_tensors(proj_size=6), **rest}, "has proj_size"),
-        "missing-layer": ({k: v for k, v in three.items() if "_l1" not in k} | rest,
-                          "has layers [0, 2]: layer 1 is missing"),
-        "bad-shape": ({**lstm_tensors(), **rest, "rnn.weight_hh_l1": np.zeros((48, 11),
-                       np.float32)}, "'rnn.weight_hh_l1' is (48, 11), not (48, 12)"),
-        "half-biases": ({k: v for k, v in lstm_tensors().items() if k != "rnn.bias_hh_l1"}
-                        | rest, "has no 'rnn.bias_hh_l1'"),
-    }  # fmt: skip
+        "missing-layer": (
+            {k: v for k, v in three.items() if "_l1" not in k} | rest,
+            "has layers [0, 2]: layer 1 is missing",
+        ),
+        "bad-shape": (
+            {**lstm_tensors(), **rest, "rnn.weight_hh_l1": np.zeros((48, 11), np.float32)},
+            "'rnn.weight_hh_l1' is (48, 11), not (48, 12)",
+        ),
+        "half-biases": (
+            {k: v for k, v in lstm_tensors().items() if k != "rnn.bias_hh_l1"} | rest,
+            "has no 'rnn.bias_hh_l1'",
+        ),
+    }
     for name, (tensors, message) in files.items():
         save_file(tensors, str(tmp_path / f"{name}.st"))
         args = ["import", str(tmp_path / f"{name}.st"), "--out", str(tmp_path / "o")]
@@ -332,8 +391,14 @@ def test_what_charlm_cannot_compute_is_refused(tmp_path, capsys):
     args = ["import", str(tmp_path / "bf16.st"), "--out", str(tmp_path / "o")]
     one_line_error(args, capsys, "'bfloat16'", "save model.float().state_dict()")
     # naming one head leaves the other over
-    args = ["import", str(tmp_path / "two-heads.st"), "--out", str(tmp_path / "o"),
-            "--names", "decoder=fc"]  # fmt: skip
+    args = [
+        "import",
+        str(tmp_path / "two-heads.st"),
+        "--out",
+        str(tmp_path / "o"),
+        "--names",
+        "decoder=fc",
+    ]
     one_line_error(args, capsys, "'aux.bias', 'aux.weight' belong to none of them")
     assert not (tmp_path / "o").exists()
 
@@ -349,12 +414,20 @@ def test_torch_save_files_are_refused_and_never_unpickled(tmp_path, capsys, monk
     def unpickling(*args, **kwargs):
         raise AssertionError("the file was unpickled")
 
-    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
-                         (torch, "load")]:  # fmt: skip
+    for module, name in [
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (torch, "load"),
+    ]:
         monkeypatch.setattr(module, name, unpickling)
-    for name, kind in [("model.pt", "zip archive"), ("model.safetensors", "zip archive"),
-                       ("legacy.pth", "PyTorch pickle"), ("legacy.safetensors", "PyTorch pickle"),
-                       ("junk.bin", "a .bin file")]:  # fmt: skip
+    for name, kind in [
+        ("model.pt", "zip archive"),
+        ("model.safetensors", "zip archive"),
+        ("legacy.pth", "PyTorch pickle"),
+        ("legacy.safetensors", "PyTorch pickle"),
+        ("junk.bin", "a .bin file"),
+    ]:
         args = ["import", str(tmp_path / name), "--out", str(tmp_path / "o")]
         hint = "from safetensors.torch import save_file; save_file(model.state_dict(), "
         one_line_error(args, capsys, kind, "never unpickles", hint)
@@ -379,8 +452,11 @@ def test_a_safetensors_header_that_starts_like_a_pickle_is_read(tmp_path, capsys
 
 
 def test_bad_vocab_files_are_one_line(tmp_path, capsys):
-    tensors = {**lstm_tensors(input_size=5), "fc.weight": np.zeros((5, 12), np.float32),
-               "fc.bias": np.zeros(5, np.float32)}  # fmt: skip
+    tensors = {
+        **lstm_tensors(input_size=5),
+        "fc.weight": np.zeros((5, 12), np.float32),
+        "fc.bias": np.zeros(5, np.float32),
+    }
     save_file(tensors, str(tmp_path / "m.st"))
     (tmp_path / "text.txt").write_text("abcde", encoding="utf-8")
     vocabs = {
@@ -396,8 +472,11 @@ def test_bad_vocab_files_are_one_line(tmp_path, capsys):
         (tmp_path / name).write_text(content, encoding="utf-8")
         one_line_error([*base, "--vocab", str(tmp_path / name)], capsys, name, fragment)
     one_line_error([*base, "--vocab", str(tmp_path / "none.json")], capsys, "no such file")
-    one_line_error([*base, "--vocab", str(tmp_path / "eos.json"), "--vocab-from",
-                    str(tmp_path / "text.txt")], capsys, "not allowed with")  # fmt: skip
+    one_line_error(
+        [*base, "--vocab", str(tmp_path / "eos.json"), "--vocab-from", str(tmp_path / "text.txt")],
+        capsys,
+        "not allowed with",
+    )
     assert not (tmp_path / "o").exists()
     (tmp_path / "good.json").write_text('["e", "d", "c", "b", "a"]', encoding="utf-8")
     assert main([*base, "--vocab", str(tmp_path / "good.json")]) == 0

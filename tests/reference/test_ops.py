@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradcheck import numeric_gradient, rel_error
+from conftest import numeric_gradient, rel_error
 from lstm_scratch.reference import ops
 
 T, B, E, H, V = 4, 3, 5, 6, 7
