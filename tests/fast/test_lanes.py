@@ -179,7 +179,7 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
     """By rows, forward and backward: lane 1 starts with one row, finishes first and is handed
     some of lane 0's (``sync.steal``, ``sync.offer``); every output and gradient is that of one
     lane, bit for bit, dy given as an array or as a ``LinearInputGrad`` that the lanes
-    multiply out. Whether a hand-over happens depends on timing, so up to five tries must
+    multiply out. Whether a hand-over happens depends on timing, so up to twenty tries must
     show one in each direction."""
     monkeypatch.setattr(fast_layer, "is_small_step", lambda batch, hidden: False)
     steps, batch, hidden, vocab = 60, 24, 128, 11
@@ -215,7 +215,7 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
     monkeypatch.setattr(fast_layer, "_balanced_bounds", lambda *args: [0, batch - 1, batch])
     monkeypatch.setattr(fast_layer, "step_lanes", lambda: 2)
     taken = set()
-    for _ in range(5):
+    for _ in range(20):  # a loaded host may run lane 0 alone a few times
         for a, b in zip(expected, run(), strict=True):
             np.testing.assert_array_equal(a, b)
         for name, done in work.items():
@@ -224,7 +224,7 @@ def test_a_lane_that_finishes_first_takes_over_rows_with_the_same_results(
                 taken.add(name)
         if len(taken) == 2:
             return
-    pytest.fail(f"lane 1 took over no row in 5 tries in { ({*work} - taken) }: work {work}")
+    pytest.fail(f"lane 1 took over no row in 20 tries in { ({*work} - taken) }: work {work}")
 
 
 def test_a_failing_lane_releases_the_others_and_its_error_is_raised():

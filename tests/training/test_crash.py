@@ -62,25 +62,44 @@ def final_weights(run_dir):
     return weights, meta["step"]
 
 
+def saved_step(run_dir):
+    """The step of the newest save in ``run_dir``, or -1 before the first (or mid-write)."""
+    try:
+        return final_weights(run_dir)[1]
+    except (CheckpointError, OSError):
+        return -1
+
+
+def kill_past(process, run_dir, step, rng, seconds=120.0):
+    """SIGKILL ``process`` a random moment (0-20 ms) after its save of ``step`` or later: the
+    moments are chosen by progress, so a fast host cannot finish the run before the kills.
+    True when the kill landed, False when the process had already ended."""
+    deadline = time.monotonic() + seconds
+    while saved_step(run_dir) < step and process.poll() is None:
+        assert time.monotonic() < deadline, f"no save of step {step} in {seconds} s"
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0.0, 0.02))  # within a step, a save or a rename
+    if process.poll() is not None:
+        return False
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return True
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     steps = 1200
     clean = finish(tmp_path, tmp_path / "clean", steps)
     assert clean.returncode == 0, clean.stderr
     run_dir, rng, kills = tmp_path / "killed", random.Random(1), 0
-    while kills < 6:
+    for step in sorted(rng.sample(range(1, steps - 200), 6)):
         process = subprocess.Popen(
             command(tmp_path, run_dir, steps),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.7, 1.6))  # start-up takes about 0.6 s here
-        if process.poll() is not None:
-            break  # it finished first
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        kills += 1
-    assert kills >= 5
+        kills += kill_past(process, run_dir, step, rng)
+    assert kills == 6
     done = finish(tmp_path, run_dir, steps)
     assert done.returncode == 0, done.stderr
     (expected, step), (got, got_step) = final_weights(tmp_path / "clean"), final_weights(run_dir)
@@ -104,8 +123,8 @@ def wait_for(path, process, seconds=60.0):
 def test_the_same_command_with_resume_after_each_kill_ends_unstopped(tmp_path):
     """As a user would: after each SIGKILL, the whole original command line again with
     ``--resume RUN`` added. The first kill lands as soon as the run has written its settings,
-    before its first checkpoint; the others at random moments. The run ends with the weights of
-    one never stopped, bit for bit."""
+    before its first checkpoint; the others at random moments past random saves. The run ends
+    with the weights of one never stopped, bit for bit."""
     steps, run_dir, rng = 10_000, tmp_path / "killed", random.Random(3)
     text = tmp_path / "text.txt"
     text.write_text(HAMLET * 4, encoding="utf-8")
@@ -117,23 +136,20 @@ def test_the_same_command_with_resume_after_each_kill_ends_unstopped(tmp_path):
     )
     assert clean.returncode == 0, clean.stderr
     process = subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kills, before_first_checkpoint = 0, 0
-    while kills < 6:
-        if kills == 0:
-            assert wait_for(run_dir / RUN_FILE, process)
-        else:
-            time.sleep(rng.uniform(0.8, 1.6))  # start-up takes about 0.7 s here
-        if process.poll() is not None:
-            break  # it finished first
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        before_first_checkpoint += not (run_dir / checkpoint.MODEL_FILE).exists()
-        kills += 1
+    assert wait_for(run_dir / RUN_FILE, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    kills, before_first_checkpoint = 1, not (run_dir / checkpoint.MODEL_FILE).exists()
+    for step in sorted(rng.sample(range(1, steps - 2000), 5)):
         process = subprocess.Popen(
             [*line, "--resume", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        kills += kill_past(process, run_dir, step, rng)
+    process = subprocess.Popen(
+        [*line, "--resume", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     assert process.wait(timeout=300) == 0
-    assert kills >= 5 and before_first_checkpoint >= 1
+    assert kills == 6 and before_first_checkpoint
     (expected, step), (got, got_step) = final_weights(tmp_path / "clean"), final_weights(run_dir)
     assert got_step == step == steps
     for name in expected:

@@ -20,7 +20,7 @@ P parameters. The estimate counts, in the model's dtype, what a process of the d
 
 The estimate is 0.95-1.13 times the peak RSS of two-step training runs (nine shapes from H 64
 to 2048, one to three layers, float32 and float64, SGD, SGD with momentum and Adam, dropout,
-either backend; ``tests/test_memory.py`` holds it within 0.8-1.25).
+either backend; ``tests/model/test_memory.py`` holds it within 0.8-1.25).
 """
 
 from __future__ import annotations
