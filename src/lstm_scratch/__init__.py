@@ -5,11 +5,7 @@ The package is a house of floors; each imports only the floors below it (docs/ar
 (the command line, plots, PyTorch interop); ``bench`` stands apart. ``errors`` serves them all.
 """
 
-from lstm_scratch.fast.host import shorten_blas_idle_poll
-
-shorten_blas_idle_poll()  # before NumPy loads OpenBLAS
-
-from lstm_scratch.model.lstm import LSTM  # noqa: E402
+from lstm_scratch.model.lstm import LSTM
 
 __all__ = ["LSTM"]
 __version__ = "0.1.0"

@@ -64,6 +64,38 @@ def test_workers_do_the_work_they_report():
     for name in ("scratch", "torch"):
         chars, _ = bench_workers.WORKERS["sample", name](tiny, 0.0)
         assert chars % 7 == 0 and chars >= 21
+    for task in ("engine-dense", "engine-ids"):
+        for name in ("scratch", "torch"):
+            steps, seconds = bench_workers.WORKERS[task, name](tiny, 0.0)
+            assert steps >= 3 and seconds > 0
+
+
+@pytest.mark.slow
+def test_engine_run_times_both_import_orders_against_torch(tmp_path, capsys):
+    out = tmp_path / "engine.json"
+    argv = ["bench", "--engine", "--quick", "--configs", "b", "--seconds", "0.05"]
+    assert main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["kernel_isa"] in ("avx2", "avx512")
+    engine = report["engine"]
+    assert set(engine) == {
+        f"b {kind}, {order}"
+        for kind in ("dense", "ids")
+        for order in ("lstm_scratch first", "numpy first")
+    }
+    for name, entry in engine.items():
+        assert set(entry["results"]) == {"scratch", "torch"} and entry["ratio"] > 0, name
+        assert len(entry["round_ratios"]) == 1
+    printed = capsys.readouterr().out
+    assert "engine b dense, numpy first (H 128" in printed and "kernel avx" in printed
+
+
+@pytest.mark.parametrize("impl", ["scratch", "scratch-numpy-first"])
+def test_a_worker_starts_with_the_import_order_its_name_says(impl):
+    tiny = bench.BenchConfig("tiny", hidden=8, vocab=11, batch=2, seq_len=5)
+    report = bench.run_worker("engine-dense", impl, tiny, 0.0)
+    assert report["first"] == ("numpy" if impl.endswith("numpy-first") else "lstm_scratch")
+    assert report["steps"] >= 3
 
 
 @pytest.mark.slow

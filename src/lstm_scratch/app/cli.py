@@ -152,6 +152,11 @@ def build_parser() -> Parser:
     )
     p = sub.add_parser("bench", help="training and sampling speed against torch.nn.LSTM")
     p.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    p.add_argument(
+        "--engine",
+        action="store_true",
+        help="the LSTM alone, forward + backward, dense input and ids, in both import orders",
+    )
     p.add_argument("--configs", default="", help="a,b,c,d (default: all)")
     for name in ("hidden", "batch", "seq-len", "layers", "vocab"):
         p.add_argument(f"--{name}", type=int, default=None, help="adds a custom config")
@@ -316,7 +321,13 @@ def cmd_bench(args) -> int:
 
     custom = {k: getattr(args, k) for k in ("hidden", "batch", "seq_len", "layers", "vocab")}
     options = bench.make_options(
-        args.quick, args.configs, custom, args.rounds, args.seconds, torch=not args.no_torch
+        args.quick,
+        args.configs,
+        custom,
+        args.rounds,
+        args.seconds,
+        torch=not args.no_torch,
+        engine=args.engine,
     )
     report = bench.run_bench(options, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_report(report))

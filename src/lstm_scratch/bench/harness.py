@@ -75,6 +75,7 @@ class BenchOptions:
     sampling: bool = True
     notebook: bool = True
     quick: bool = False
+    engine: bool = False  # the LSTM alone (run_engine) instead of the character model
 
 
 def quick_options() -> BenchOptions:
@@ -85,7 +86,13 @@ def quick_options() -> BenchOptions:
 
 
 def make_options(
-    quick=False, configs="", custom: dict | None = None, rounds=None, seconds=None, torch=True
+    quick=False,
+    configs="",
+    custom: dict | None = None,
+    rounds=None,
+    seconds=None,
+    torch=True,
+    engine=False,
 ) -> BenchOptions:
     """Options from the command line. ``configs``: names from CONFIGS, comma-separated (all when
     empty); ``custom``: hidden / batch / seq_len / layers / vocab for one more configuration."""
@@ -111,7 +118,7 @@ def make_options(
         if not 0 < seconds < 3600:
             raise ConfigError(f"--seconds must be in (0, 3600), got {seconds}")
         options.seconds = seconds
-    options.torch = torch
+    options.torch, options.engine = torch, engine
     return options
 
 
@@ -120,7 +127,8 @@ def torch_available() -> bool:
 
 
 def machine_info() -> dict:
-    """BLAS library, its kernel and threads (threadpoolctl), OpenBLAS variables, cores."""
+    """BLAS libraries, their kernels, threads and idle poll (threadpoolctl), the OpenBLAS
+    variables, the vectors the kernel is compiled for, cores."""
     blas = [
         {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
         for info in threadpool_info()
@@ -134,6 +142,8 @@ def machine_info() -> dict:
         "openblas_env": env,
         "numpy": np.__version__,
         "step_lanes": host.step_lanes(),
+        "blas_idle_polls": host.blas_idle_polls(),
+        "kernel_isa": host.kernel_isa(),
     }
 
 
@@ -152,11 +162,26 @@ def gemm_peak_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -
     return 2 * size**3 / best / 1e9
 
 
+# a worker started as a program that imported NumPy and SciPy (each with its OpenBLAS) first
+_NUMPY_FIRST = """import importlib.util, sys
+import numpy
+if importlib.util.find_spec("scipy"):
+    import scipy.linalg
+from lstm_scratch.bench.workers import main
+main(sys.argv[1:])"""
+
+
 def run_worker(task: str, impl: str, config: BenchConfig, seconds: float) -> dict:
-    """One measurement in a fresh process; returns its JSON report."""
+    """One measurement in a fresh process; returns its JSON report. The process imports
+    lstm_scratch first, or NumPy first for an implementation named ``…-numpy-first``."""
     args = [task, impl, json.dumps(dataclasses.asdict(config)), str(seconds)]
+    start = (
+        ["-c", _NUMPY_FIRST]
+        if impl.endswith("-numpy-first")
+        else ["-m", "lstm_scratch.bench.workers"]
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "lstm_scratch.bench.workers", *args],
+        [sys.executable, *start, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -215,6 +240,9 @@ def run_bench(options: BenchOptions, log=print) -> dict:
     report = {"machine": machine_info(), "torch": use_torch, "quick": options.quick}
     if options.torch and not use_torch:
         log("torch is not installed: reporting lstm-scratch alone (pip install torch to compare)")
+    if options.engine:
+        report["engine"] = run_engine(options, use_torch, log)
+        return report
     # A shared machine's speed drifts by tens of percent over minutes, so the peak is taken
     # before and after every configuration and the best of those is the reference.
     peak_seconds = 0.3 if options.quick else 1.0
@@ -261,6 +289,31 @@ def run_bench(options: BenchOptions, log=print) -> dict:
     return report
 
 
+ORDERS = {"scratch": "lstm_scratch first", "scratch-numpy-first": "numpy first"}
+
+
+def run_engine(options: BenchOptions, use_torch: bool, log) -> dict:
+    """The public LSTM alone, forward + backward, against torch.nn.LSTM, on dense input and on
+    ids, each with lstm_scratch or NumPy imported first: one entry per configuration, input
+    and import order, each with the torch runs of its rounds."""
+    entries = {}
+    for config in options.configs:
+        for kind in ("dense", "ids"):
+            impls = [*ORDERS, "torch"] if use_torch else [*ORDERS]
+            results = measure(f"engine-{kind}", impls, config, options.rounds, options.seconds, log)
+            for impl, order in ORDERS.items():
+                pair = {"scratch": results[impl]} | (
+                    {"torch": results["torch"]} if use_torch else {}
+                )
+                entries[f"{config.name} {kind}, {order}"] = {
+                    "config": dataclasses.asdict(config),
+                    "results": pair,
+                    "ratio": ratio_to_torch(pair),
+                    "round_ratios": round_ratios(pair),
+                }
+    return entries
+
+
 def format_report(report: dict) -> str:
     """The human-readable table."""
     m = report["machine"]
@@ -268,14 +321,15 @@ def format_report(report: dict) -> str:
         f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
         for b in m["blas"]
     )
+    peak = ""
+    if "gemm_peak_gflops" in report:
+        samples = ", ".join(f"{p:.0f}" for p in report["gemm_peak_samples"])
+        peak = f"; float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s (best of {samples})"
     lines = [
         f"machine: {m['cpus']} cpus; numpy {m['numpy']}; BLAS {blas}; "
         f"OPENBLAS_CORETYPE={m['openblas_env']['OPENBLAS_CORETYPE']}; "
-        f"OPENBLAS_THREAD_TIMEOUT={m['openblas_env'].get('OPENBLAS_THREAD_TIMEOUT')}; "
-        f"lanes {m.get('step_lanes')}; "
-        f"float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s (best of "
-        + ", ".join(f"{p:.0f}" for p in report["gemm_peak_samples"])
-        + ")",
+        f"OpenBLAS idle poll 2^{m.get('blas_idle_polls')}; lanes {m.get('step_lanes')}; "
+        f"kernel {m.get('kernel_isa')}" + peak,
         "chars/s, median (min-max); ratio = lstm-scratch / faster torch path (medians), then"
         " round by round: median (min-max)",
     ]
@@ -296,7 +350,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{title}{extra}:{ratio_text}")
         lines.extend(f"    {cell}" for cell in cells)
 
-    for name, entry in report["train"].items():
+    for name, entry in report.get("engine", {}).items():
+        c = entry["config"]
+        shape = f" (H {c['hidden']}, L {c['layers']}, B {c['batch']}, T {c['seq_len']})"
+        rows(f"engine {name}", entry["results"], entry["ratio"], shape, entry.get("round_ratios"))
+    for name, entry in report.get("train", {}).items():
         c = entry["config"]
         shape = (
             f" (H {c['hidden']}, L {c['layers']}, V {c['vocab']}, B {c['batch']}, T {c['seq_len']})"

@@ -12,8 +12,10 @@ freed activations for the next step instead of faulting their pages in again; it
 "scratch" is this project; "torch" is torch.nn.LSTM with its defaults (oneDNN); "torch-nomkldnn"
 the same with ``torch.backends.mkldnn.enabled = False``; "notebook" a re-creation of the original
 notebook's code structure (per-step Python loop, one ``np.dot`` per gate on [h, x], float64,
-plain SGD), timed on the notebook's configuration only. torch is imported here, never by the
-library.
+plain SGD), timed on the notebook's configuration only. The engine tasks time the LSTM alone,
+forward and backward, on dense input or ids ("engine-dense", "engine-ids"). An implementation
+named with ``-numpy-first`` is started with NumPy and SciPy imported before lstm_scratch
+(``harness.run_worker``). torch is imported here, never by the library.
 """
 
 from __future__ import annotations
@@ -129,6 +131,54 @@ def sample_torch(c: dict, seconds: float, mkldnn: bool = True):
     return steps * length, elapsed
 
 
+ENGINE_INPUT = 65  # D of the engine's input: dense floats, or ids meaning one-hot rows
+
+
+def _engine_data(c: dict, ids: bool):
+    """x (T, B, D) float32 or (T, B) ids, and dy (T, B, H), the same for every implementation."""
+    rng = np.random.default_rng(0)
+    shape = (c["seq_len"], c["batch"])  # (T, B)
+    if ids:
+        x = rng.integers(0, ENGINE_INPUT, shape)  # (T, B)
+    else:
+        x = rng.standard_normal((*shape, ENGINE_INPUT), dtype=np.float32)  # (T, B, D)
+    return x, rng.standard_normal((*shape, c["hidden"]), dtype=np.float32)  # dy (T, B, H)
+
+
+def engine_scratch(c: dict, seconds: float, ids: bool):
+    """The public ``LSTM`` as a library user calls it: forward, then backward (dx for dense
+    input, none for ids), with BLAS's own thread count."""
+    from lstm_scratch.model.lstm import LSTM  # what ``from lstm_scratch import LSTM`` gives
+
+    lstm = LSTM(ENGINE_INPUT, c["hidden"], c["layers"], dtype=np.float32, seed=0)
+    x, dy = _engine_data(c, ids)
+
+    def step():
+        _, _, cache = lstm.forward(x)
+        lstm.backward(dy, cache)
+
+    return _timed(step, seconds)
+
+
+def engine_torch(c: dict, seconds: float, ids: bool):
+    """torch.nn.LSTM forward, then backward: for dense input with dx, as ours; for ids, their
+    one-hot rows as float input, without dx (torch has no ids input)."""
+    torch, lstm, _ = _torch_model(dict(c, vocab=ENGINE_INPUT), mkldnn=True)
+    x, dy = (torch.from_numpy(a) for a in _engine_data(c, ids))
+    if ids:
+        x = torch.nn.functional.one_hot(x, ENGINE_INPUT).float()  # (T, B, D)
+    else:
+        x.requires_grad_(True)
+
+    def step():
+        lstm.zero_grad(set_to_none=True)
+        x.grad = None
+        y, _ = lstm(x)
+        y.backward(dy)
+
+    return _timed(step, seconds)
+
+
 def train_notebook(c: dict, seconds: float):
     """The notebook's structure: four gate matrices on [h, x], a Python loop over time steps
     in both passes, float64, plain SGD with elementwise clipping; its d_cs fixed."""
@@ -189,15 +239,33 @@ WORKERS = {
     ("sample", "scratch"): sample_scratch,
     ("sample", "torch"): sample_torch,
     ("sample", "torch-nomkldnn"): lambda c, s: sample_torch(c, s, mkldnn=False),
+    ("engine-dense", "scratch"): lambda c, s: engine_scratch(c, s, ids=False),
+    ("engine-ids", "scratch"): lambda c, s: engine_scratch(c, s, ids=True),
+    ("engine-dense", "torch"): lambda c, s: engine_torch(c, s, ids=False),
+    ("engine-ids", "torch"): lambda c, s: engine_torch(c, s, ids=True),
 }
+NUMPY_FIRST = "-numpy-first"  # an implementation run with NumPy (and SciPy) imported before us
+
+
+def _first_loaded() -> str:
+    """ "numpy" or "lstm_scratch": whose modules finished loading first in this process.
+    (sys.modules keeps that order; lstm_scratch's first module to finish, ``lstm_scratch.model``
+    imports nothing.)"""
+    names = (name.split(".")[0] for name in sys.modules)
+    return next(name for name in names if name in ("numpy", "lstm_scratch"))
 
 
 def main(argv: list[str]) -> None:
     task, impl, config, seconds = argv[0], argv[1], json.loads(argv[2]), float(argv[3])
-    steps, elapsed = WORKERS[task, impl](config, seconds)
+    steps, elapsed = WORKERS[task, impl.removesuffix(NUMPY_FIRST)](config, seconds)
     chars = steps if task == "sample" else steps * config["seq_len"] * config["batch"]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report = {"chars_per_s": chars / elapsed, "steps": steps, "seconds": elapsed}
+    if impl.startswith("scratch"):
+        from lstm_scratch.fast import host
+
+        report["lanes"] = host.step_lanes()
+        report["first"] = _first_loaded()
     print(json.dumps({**report, "peak_rss_mib": peak_kib / 1024}))
 
 

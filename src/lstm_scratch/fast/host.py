@@ -1,14 +1,15 @@
 """How the compiled path shares this process's cores and memory: the size at which a step
 is large, OpenBLAS's idle threads, the threads of the step lanes and of BLAS, and malloc's
-handling of freed blocks. Imported by ``lstm_scratch`` before NumPy, so it imports no NumPy.
+handling of freed blocks. It imports no NumPy.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
-import sys
+import warnings
 
 SMALL_STEP = 2**20  # multiply-adds of one step's recurrent GEMM, B·4H·H
 
@@ -17,44 +18,118 @@ def is_small_step(batch: int, hidden: int) -> bool:
     return batch * 4 * hidden * hidden <= SMALL_STEP
 
 
+VECTOR_BITS = "LSTM_SCRATCH_VECTOR_BITS"  # 256 or 512: the kernel's vectors on any host (tests)
+
+
+@functools.cache
+def kernel_isa() -> str:
+    """The vectors ``kernel.py`` is compiled for: "avx512" where the CPU has AVX-512F (512-bit
+    vectors, 32 registers), else "avx2" (256-bit, 16 registers). LSTM_SCRATCH_VECTOR_BITS=256
+    or 512 chooses either on any host: LLVM splits vectors wider than the CPU's into its own,
+    so both run everywhere, with the same bits."""
+    chosen = os.environ.get(VECTOR_BITS, "")
+    if chosen in ("256", "512"):
+        return "avx512" if chosen == "512" else "avx2"
+    from llvmlite import binding
+
+    return "avx512" if binding.get_host_cpu_features().get("avx512f") else "avx2"
+
+
 BLAS_IDLE_POLL = 20  # OpenBLAS's idle threads poll for work 2^20 cycles (~0.4 ms), then sleep
-_blas_idle_poll_short = False  # whether OpenBLAS was loaded with it (see shorten_blas_idle_poll)
+_TIMEOUT = "OPENBLAS_THREAD_TIMEOUT"
 _blas = None  # a threadpoolctl controller of the BLAS libraries, made on first use
+_idle_poll_short: bool | None = None  # whether every OpenBLAS polls briefly; None: not yet known
 
 
-def shorten_blas_idle_poll() -> None:
-    """Called on importing lstm_scratch, before it imports NumPy: unless set, sets
-    OPENBLAS_THREAD_TIMEOUT so that OpenBLAS's idle threads stop polling for new work about
-    0.4 ms after a call (by default they poll, holding a core, for 2^28 cycles, ~0.1 s).
+def _short(timeout: int) -> bool:
+    return 0 < timeout <= BLAS_IDLE_POLL + 2
+
+
+def shorten_blas_idle_poll(library: ctypes.CDLL) -> bool:
+    """Have one loaded OpenBLAS's idle threads stop polling for new work about 0.4 ms after a
+    call (2^20 cycles) instead of ~0.1 s (2^28, its default); True where they now do.
 
     The step lanes (``step_lanes``) run right after BLAS calls, on the same cores: with the
     default, one layer's forward at H 256, B 64, T 100 on two lanes takes twice as long right
-    after a 1024² GEMM (85-90 against 44-46 ms).
-    OpenBLAS reads the variable once, when NumPy loads it; where NumPy was imported first
-    without it, the lanes keep to one thread."""
-    global _blas_idle_poll_short
-    variable = "OPENBLAS_THREAD_TIMEOUT"
-    if "numpy" not in sys.modules:
-        os.environ.setdefault(variable, str(BLAS_IDLE_POLL))
-    value = os.environ.get(variable, "")
-    _blas_idle_poll_short = value.isdigit() and int(value) <= BLAS_IDLE_POLL + 2
+    after a 1024² GEMM (85-90 against 44-46 ms), whatever was imported first. OpenBLAS reads
+    OPENBLAS_THREAD_TIMEOUT when its threads start: where it was not set, the variable is set
+    for one ``openblas_read_env()``, removed again (no other code sees it), and the threads are
+    stopped (``blas_thread_shutdown_``, what OpenBLAS does before every fork); the next BLAS call
+    starts them with the short poll. A value the user set is kept: one above 22 keeps the
+    lanes to one thread."""
+    timeout = getattr(library, "openblas_thread_timeout", None)
+    read_env = getattr(library, "openblas_read_env", None)
+    shutdown = getattr(library, "blas_thread_shutdown_", None)
+    if timeout is None:
+        return False
+    timeout.restype = ctypes.c_uint
+    if timeout() == 0 and read_env is not None and shutdown is not None:
+        ours = _TIMEOUT not in os.environ  # else the user set it after OpenBLAS loaded
+        if ours:
+            os.environ[_TIMEOUT] = str(BLAS_IDLE_POLL)
+        try:
+            read_env()
+        finally:
+            if ours:
+                del os.environ[_TIMEOUT]
+        shutdown()
+    return _short(timeout())
 
 
-def step_lanes() -> int:
-    """Threads for a large step's time loop (``lanes.py``): as many as OpenBLAS may use now
-    (threadpoolctl), so a limit set for BLAS (by training under MPI, or by a user) holds for
-    the lanes too. One where another thread would share a core with OpenBLAS's polling threads
-    (another BLAS, or OpenBLAS loaded before ``shorten_blas_idle_poll``), or where the lanes'
-    barrier cannot yield its core (sched_yield: Linux and macOS only)."""
+def _openblas_libraries() -> list | None:
+    """threadpoolctl's controllers of the loaded BLAS libraries when all are OpenBLAS."""
     global _blas
-    if not _blas_idle_poll_short or platform.system() not in ("Linux", "Darwin"):
-        return 1
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController().select(user_api="blas")
     libraries = _blas.lib_controllers
     if not libraries or any(library.internal_api != "openblas" for library in libraries):
+        return None
+    return libraries
+
+
+def _settle_idle_poll(libraries) -> bool:
+    """Once per process: every OpenBLAS's poll shortened, or a warning saying how to get it."""
+    global _idle_poll_short
+    if _idle_poll_short is None:
+        _idle_poll_short = all(
+            shorten_blas_idle_poll(ctypes.CDLL(library.filepath)) for library in libraries
+        )
+        if not _idle_poll_short:
+            warnings.warn(
+                "lstm_scratch: OpenBLAS's idle threads poll for ~0.1 s after each call here, "
+                "so the step lanes keep to one thread; set OPENBLAS_THREAD_TIMEOUT=20 before "
+                "starting Python for the full speed",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return _idle_poll_short
+
+
+def blas_idle_polls() -> list[int]:
+    """OPENBLAS_THREAD_TIMEOUT as each loaded OpenBLAS uses it (0: unset, its default 2^28
+    cycles), for reports."""
+    polls = []
+    for library in _openblas_libraries() or []:
+        timeout = getattr(ctypes.CDLL(library.filepath), "openblas_thread_timeout", None)
+        if timeout is not None:
+            timeout.restype = ctypes.c_uint
+            polls.append(int(timeout()))
+    return polls
+
+
+def step_lanes() -> int:
+    """Threads for a large step's time loop (``lanes.py``): as many as OpenBLAS may use now
+    (threadpoolctl), so a limit set for BLAS (by training under MPI, or by a user) holds for
+    the lanes too. One where another thread would share a core with polling BLAS threads
+    (another BLAS than OpenBLAS, or one whose poll ``shorten_blas_idle_poll`` could not
+    shorten), or where the lanes' barrier cannot yield its core (sched_yield: Linux and macOS
+    only)."""
+    if platform.system() not in ("Linux", "Darwin"):
+        return 1
+    libraries = _openblas_libraries()
+    if libraries is None or not _settle_idle_poll(libraries):
         return 1
     return max(1, min(library.get_num_threads() for library in libraries))
 

@@ -7,7 +7,8 @@ arithmetic of ``fused.py``, the kernel of ``kernel.py`` and the barriers of ``sy
 edit to one of those would leave another file's machine code stale in the cache. Here every
 cached function's stamp is one hash over the ``fast`` package's files: an edit to any of them
 recompiles all of them once; edits elsewhere recompile nothing. What a compiled function reads
-of Python globals is frozen into it: such values must come from this package too.
+of Python globals is frozen into it: such values must come from this package too, or be in the
+stamp (the kernel's vector width is).
 
 The cache goes where numba's would, in numba's order: NUMBA_CACHE_DIR if set, else the
 package's ``__pycache__`` if writable, else the user-wide cache. Nothing of numba is changed
@@ -24,14 +25,17 @@ import numba
 from numba.core import caching
 from numba.core.dispatcher import Dispatcher
 
+from lstm_scratch.fast.host import kernel_isa
+
 PACKAGE = Path(__file__).resolve().parent
 
 
 @functools.cache
 def package_stamp() -> bytes:
-    """sha256 over the names and contents of the ``fast`` package's files (read once per
-    process, when the first compiled function is made)."""
-    digest = hashlib.sha256()
+    """sha256 over the names and contents of the ``fast`` package's files and the vectors the
+    kernel is compiled for (``host.kernel_isa``), read once per process, when the first
+    compiled function is made."""
+    digest = hashlib.sha256(kernel_isa().encode())
     for path in sorted(PACKAGE.glob("*.py")):
         source = path.read_bytes()
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(source).digest())

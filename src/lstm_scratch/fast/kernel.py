@@ -1,11 +1,12 @@
 """The GEMM kernel of the large-step lanes (``lanes.py``) and the packing of its weights,
 compiled. Letters: K the shared dimension of a product, PANEL the columns of one packed panel.
 
-The kernel. ``panel_product`` computes rows (≤ 6) of out[:, col:col + PANEL] = a @ panel with
-2·rows vector accumulators held in registers for the whole K loop: per k, two vector loads of
-the panel, one broadcast of a[r, k] per row, two fused multiply-adds per row. It is written
-in LLVM IR (numba cannot keep an array of accumulators in registers). On one thread, float32,
-(64, 256) @ (256, 1024): 92 GFLOP/s, OpenBLAS 70 (its packing included).
+The kernel. ``panel_product`` computes rows (≤ ROWS) of out[:, col:col + PANEL] = a @ panel
+with 2·rows vector accumulators held in registers for the whole K loop: per k, two vector loads
+of the panel, one broadcast of a[r, k] per row, two fused multiply-adds per row. It is written
+in LLVM IR (numba cannot keep an array of accumulators in registers), for the vectors of the
+host (``host.kernel_isa``: 256-bit, or 512-bit with AVX-512). On one thread, float32,
+(64, 256) @ (256, 1024), 256-bit: 92 GFLOP/s, OpenBLAS 70 (its packing included).
 Packing the weights into panels once per layer call is what BLAS would redo on every step's
 small GEMM.
 
@@ -22,20 +23,27 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from lstm_scratch.fast.host import kernel_isa
 from lstm_scratch.fast.jit import cached_njit
 
-ROWS = 6  # rows of one kernel call: 12 accumulators + 2 panel vectors + 1 broadcast ≤ 16 registers
+VECTOR_BYTES = 64 if kernel_isa() == "avx512" else 32  # one vector register
+# rows of one kernel call: 2·ROWS accumulators, 2 panel vectors and 1 broadcast in registers.
+# AVX2 has 16: 6 rows. AVX-512 has 32, but more rows than 8 gain nothing: on a Zen 4 core,
+# one thread, (32, 512) @ W_hh packed: 6, 8, 12 and 14 rows all make 108-116 GFLOP/s; 512-bit
+# vectors make config c's training step 1.12x as fast as 256-bit ones (8 rows; 12: 1.02x).
+ROWS = 8 if VECTOR_BYTES == 64 else 6
 
 
 LINE = 64  # bytes of a cache line
 
 
 def empty_aligned(shape, dtype) -> np.ndarray:
-    """``np.empty`` starting on a cache line. The kernel's 32-byte loads and stores then never
-    straddle two lines wherever its rows' lengths are multiples of 32 bytes (panels always; the
-    gate and state rows for H a multiple of 8 float32s): NumPy's buffers start wherever malloc
-    puts them, 16-byte aligned, and split vectors cost config d (T 100, B 64, H 256) 2.5-3 ms
-    a step when every lane array starts 16 bytes past a line."""
+    """``np.empty`` starting on a cache line. The kernel's vector loads and stores (32 or 64
+    bytes) then never straddle two lines wherever its rows' lengths are multiples of a vector
+    (panels always; the gate and state rows for H a multiple of 8 or 16 float32s): NumPy's
+    buffers start wherever malloc puts them, 16-byte aligned, and split 32-byte vectors cost
+    config d (T 100, B 64, H 256) 2.5-3 ms a step when every lane array starts 16 bytes past
+    a line."""
     dtype = np.dtype(dtype)
     shape = tuple(shape) if np.iterable(shape) else (int(shape),)
     size = math.prod(shape) * dtype.itemsize  # bytes (math.prod: np.prod takes 8 µs a call)
@@ -45,8 +53,8 @@ def empty_aligned(shape, dtype) -> np.ndarray:
 
 
 def panel_width(dtype) -> int:
-    """Columns of one packed panel: two 256-bit vectors of the dtype (16 float32, 8 float64)."""
-    return 2 * 32 // np.dtype(dtype).itemsize
+    """Columns of one packed panel: two vectors of the dtype (AVX2: 16 float32, 8 float64)."""
+    return 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 def _pointer(context, builder, array_type, array, row, col=None):
@@ -73,7 +81,7 @@ def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
         a, row0, count, panel, out, col0, add = args
         scalar = context.get_value_type(panel_type.dtype)
         size = context.get_abi_sizeof(scalar)
-        width, index = 32 // size, ir.IntType(64)  # elements of one 256-bit vector
+        width, index = VECTOR_BYTES // size, ir.IntType(64)  # elements of one vector
         vector = ir.VectorType(scalar, width)
         fma_type = ir.FunctionType(vector, [vector] * 3)
         fma_name = f"llvm.fma.v{width}{scalar.intrinsic_name}"
@@ -199,25 +207,32 @@ def add_into(target, values):
 
 
 @cached_njit(nogil=True, inline="always", error_model="numpy")
+def _panels(a, panel, out, col, accumulate):
+    """out[:, col:col + PANEL] (+)= a (R, K) @ panel (K, PANEL) by the register kernel, ROWS
+    rows at a time but for the last rows: those are split so that no call gets fewer than 4
+    where that can be (ROWS 6, 32 rows: 6, 6, 6, 6, 4, 4, not 6, …, 2), since a call's 2·rows
+    multiply-adds per k must cover the FMA units' latency ((32, 512) @ (512, 512): 76–90
+    GFLOP/s, against 66–85 split 6, …, 2)."""
+    row = 0
+    while row < a.shape[0]:
+        left = a.shape[0] - row
+        rows = left if left <= ROWS else ROWS if left >= ROWS + 4 else max(left - 4, 4)
+        panel_product(a, row, rows, panel, out, col, accumulate)
+        row += rows
+
+
+@cached_njit(nogil=True, inline="always", error_model="numpy")
 def product(a, panel, out, col, width, accumulate):
     """out[:, col:col + width] (+)= a (R, K) @ panel[:, :width], panel (K, PANEL) zero-padded
-    beyond width. Full panels go to the register kernel, ROWS rows at a time but for the last
-    rows: those are split so that no call gets fewer than 4 where that can be (32 rows: 6, 6,
-    6, 6, 4, 4, not 6, …, 2), since a call's 2·rows multiply-adds per k must cover the FMA
-    units' latency ((32, 512) @ (512, 512): 76–90 GFLOP/s, against 66–85 split 6, …, 2)."""
+    beyond width. A narrower last panel goes through the same kernel into a scratch block, so
+    that every column is the same sum of the same fused multiply-adds, whatever the vector
+    width and wherever the panels' edges fall."""
     if width == panel.shape[1]:
-        row = 0
-        while row < a.shape[0]:
-            left = a.shape[0] - row
-            rows = left if left <= ROWS else ROWS if left >= ROWS + 4 else max(left - 4, 4)
-            panel_product(a, row, rows, panel, out, col, accumulate)
-            row += rows
+        _panels(a, panel, out, col, accumulate)
         return
-    for r in range(a.shape[0]):  # a last, narrower panel: a plain loop
+    scratch = np.empty((a.shape[0], panel.shape[1]), dtype=out.dtype)  # (R, PANEL)
+    _panels(a, panel, scratch, 0, False)
+    for r in range(a.shape[0]):
         target = out[r, col : col + width]
-        if not accumulate:
-            target[:] = 0
-        for k in range(a.shape[1]):
-            a_rk = a[r, k]
-            for j in range(width):
-                target[j] += a_rk * panel[k, j]
+        for j in range(width):
+            target[j] = target[j] + scratch[r, j] if accumulate else scratch[r, j]
