@@ -150,7 +150,11 @@ def build_parser() -> Parser:
         metavar="embedding=P,lstm=P,decoder=P",
         help="the parts' module names, when their shapes do not tell them apart",
     )
-    p = sub.add_parser("bench", help="training and sampling speed against torch.nn.LSTM")
+    _bench_arguments(sub.add_parser("bench", help="speed against torch.nn.LSTM"))
+    return parser
+
+
+def _bench_arguments(p: Parser) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     p.add_argument(
         "--engine",
@@ -164,7 +168,6 @@ def build_parser() -> Parser:
     p.add_argument("--seconds", type=float, default=None, help="timed per measurement")
     p.add_argument("--no-torch", action="store_true", help="lstm-scratch alone")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full report")
-    return parser
 
 
 def cmd_train(args) -> int:

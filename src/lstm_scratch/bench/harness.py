@@ -314,8 +314,7 @@ def run_engine(options: BenchOptions, use_torch: bool, log) -> dict:
     return entries
 
 
-def format_report(report: dict) -> str:
-    """The human-readable table."""
+def _machine_line(report: dict) -> str:
     m = report["machine"]
     blas = ", ".join(
         f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
@@ -325,11 +324,18 @@ def format_report(report: dict) -> str:
     if "gemm_peak_gflops" in report:
         samples = ", ".join(f"{p:.0f}" for p in report["gemm_peak_samples"])
         peak = f"; float32 GEMM peak {report['gemm_peak_gflops']:.0f} GFLOP/s (best of {samples})"
-    lines = [
+    return (
         f"machine: {m['cpus']} cpus; numpy {m['numpy']}; BLAS {blas}; "
         f"OPENBLAS_CORETYPE={m['openblas_env']['OPENBLAS_CORETYPE']}; "
-        f"OpenBLAS idle poll 2^{m.get('blas_idle_polls')}; lanes {m.get('step_lanes')}; "
-        f"kernel {m.get('kernel_isa')}" + peak,
+        f"OPENBLAS_THREAD_TIMEOUT in use {m.get('blas_idle_polls')}; lanes {m.get('step_lanes')}; "
+        f"kernel {m.get('kernel_isa')}" + peak
+    )
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table."""
+    lines = [
+        _machine_line(report),
         "chars/s, median (min-max); ratio = lstm-scratch / faster torch path (medians), then"
         " round by round: median (min-max)",
     ]
