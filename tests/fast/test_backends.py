@@ -205,3 +205,42 @@ def test_keep_freed_memory_stops_page_faults_between_steps():
     kept, default = faults("keep"), faults("default")
     assert default > 100  # 5 x 24 x 1,024 pages of 4 KiB (fewer where huge pages are used)
     assert kept < default / 10
+
+
+LIBRARY_CALLS = """
+import resource, sys, numpy as np
+from lstm_scratch import LSTM
+from lstm_scratch.fast import host
+from lstm_scratch.fast import layer
+if sys.argv[1] == "default":  # the library's own setting left out
+    layer.keep_freed_memory_for = lambda size: None
+lstm = LSTM(65, 128, dtype=np.float32)  # config b: a large step
+x = np.random.default_rng(0).standard_normal((64, 32, 65), dtype=np.float32)
+def call():  # as a user: forward, backward, everything freed
+    y, _, cache = lstm.forward(x)
+    lstm.backward(np.ones_like(y), cache)
+call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    call()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, host._kept)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_the_library_lstm_reuses_its_last_call_s_pages():
+    """The public LSTM, called as a library (no training entry point), keeps what a call frees
+    for the next (``host.keep_freed_memory_for``): 16 MiB for config b's 4 MiB of gates, and
+    the pages not faulted in again on every call."""
+
+    def faults(mode):
+        run = subprocess.run(
+            [sys.executable, "-c", LIBRARY_CALLS, mode], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        count, limit = run.stdout.split()
+        return int(count), int(limit)
+
+    (kept, limit), (default, _) = faults("keep"), faults("default")
+    assert limit == 16 * 2**20  # 4 x the gates (64 x 32 x 512 float32), a power of two
+    assert default > 1000 and kept < default / 4  # (a few hundred remain: threads, zeros)

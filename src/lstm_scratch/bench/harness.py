@@ -7,10 +7,11 @@ lstm-scratch / (the faster torch path), the same ratio round by round (how far t
 moves it), the fraction of the float32 GEMM peak of this machine, and the peak resident memory
 of each process.
 
-Configurations (float32, Adam, one-hot input, 2 threads), from issue #4:
+Configurations (float32, Adam, one-hot input, 2 threads):
     a: H 25, V 32, B 1, T 865 (the notebook's)     b: H 128, V 65, B 32, T 64
     d: H 256, V 65, B 64, T 100                    c: 2 layers of H 512, V 65, B 32, T 100
-Sampling: config c, batch 1, one character at a time.
+Sampling: config c, batch 1, one character at a time. ``--engine`` times the LSTM alone on
+the same shapes (``run_engine``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ freed activations for the next step instead of faulting their pages in again; it
 the same with ``torch.backends.mkldnn.enabled = False``; "notebook" a re-creation of the original
 notebook's code structure (per-step Python loop, one ``np.dot`` per gate on [h, x], float64,
 plain SGD), timed on the notebook's configuration only. The engine tasks time the LSTM alone,
-forward and backward, on dense input or ids ("engine-dense", "engine-ids"). An implementation
+forward and backward, on dense input or ids ("engine-dense", "engine-ids"), each library as a
+user gets it: no malloc setting given to either (lstm-scratch's LSTM sets its own,
+``host.keep_freed_memory_for``). An implementation
 named with ``-numpy-first`` is started with NumPy and SciPy imported before lstm_scratch
 (``harness.run_worker``). torch is imported here, never by the library.
 """

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lstm_scratch.fast import fused, lanes, sync
-from lstm_scratch.fast.host import is_small_step, step_lanes
+from lstm_scratch.fast.host import is_small_step, keep_freed_memory_for, step_lanes
 from lstm_scratch.fast.kernel import empty_aligned, pack_columns, pack_gate_rows, panel_width
 from lstm_scratch.reference.cell import (
     LayerCache,
@@ -104,6 +104,8 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
     vocab = weights.weight_ih.shape[1]
     if is_ids(x) and x.size and (x.min() < 0 or x.max() >= vocab):  # the compiled gathers
         raise ValueError(f"ids must be in [0, {vocab})")  # do not check their indices
+    # the cache and the backward's arrays: about four times the gates (T, B, 4H)
+    keep_freed_memory_for(4 * x.shape[0] * batch * 4 * hidden * h0.dtype.itemsize)
     if is_small_step(batch, hidden):
         cache = _start_forward(x, weights, h0, c0)
         weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (G, H) -> (H, G)
