@@ -68,96 +68,116 @@ def _pointer(context, builder, array_type, array, row, col=None):
     return builder.bitcast(builder.gep(base, [offset]), value.data.type)
 
 
+class _PanelCode:
+    """The LLVM IR of ``panel_product`` for one call site: the vector types, the fused
+    multiply-add and the operands' strides, then per count of rows the pointers to the rows'
+    starts, the K loop and the stores."""
+
+    def __init__(self, context, builder, signature, args):
+        self.context, self.builder = context, builder
+        self.a_type, _, _, self.panel_type, self.out_type, _, _ = signature.args
+        self.a, self.row0, self.count, self.panel, self.out, self.col0, self.add = args
+        self.scalar = context.get_value_type(self.panel_type.dtype)
+        self.size = context.get_abi_sizeof(self.scalar)
+        width = VECTOR_BYTES // self.size  # elements of one vector
+        self.vector = ir.VectorType(self.scalar, width)
+        fma_type = ir.FunctionType(self.vector, [self.vector] * 3)
+        fma_name = f"llvm.fma.v{width}{self.scalar.intrinsic_name}"
+        self.fma = cgutils.get_or_insert_function(builder.module, fma_type, fma_name)
+        a_array = context.make_array(self.a_type)(context, builder, self.a)
+        self.depth = builder.extract_value(a_array.shape, 1)
+        self.a_step = builder.extract_value(a_array.strides, 1)  # bytes from a[r, k] to a[r, k+1]
+        panel_array = context.make_array(self.panel_type)(context, builder, self.panel)
+        self.panel_step = builder.extract_value(panel_array.strides, 0)
+        self.undef = ir.Constant(self.vector, ir.Undefined)
+        self.zero = ir.Constant(self.vector, [0.0] * width)
+        self.splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+
+    def constant(self, n):
+        return ir.Constant(ir.IntType(64), n)
+
+    def broadcast(self, value):
+        """One scalar into every element of a vector."""
+        value = self.builder.insert_element(self.undef, value, ir.Constant(ir.IntType(32), 0))
+        return self.builder.shuffle_vector(value, self.undef, self.splat)
+
+    def starts(self, rows):
+        """Byte pointers to a[row + r, 0] for each row, then to panel[0, 0]."""
+        c, b, zero = self.context, self.builder, self.constant(0)
+        starts = [
+            _pointer(c, b, self.a_type, self.a, b.add(self.row0, self.constant(r)), zero)
+            for r in range(rows)
+        ]
+        starts.append(_pointer(c, b, self.panel_type, self.panel, zero, zero))
+        return [b.bitcast(start, ir.IntType(8).as_pointer()) for start in starts]
+
+    def k_loop(self, rows):
+        """The K loop: per k, the panel's two vectors, one broadcast and two fused
+        multiply-adds per row. Returns the 2·rows sums (row r: [2r], [2r + 1])."""
+        b, entry, starts = self.builder, self.builder.block, self.starts(rows)
+        loop = b.append_basic_block(f"panel.loop{rows}")
+        b.branch(loop)
+        b.position_at_end(loop)
+        k = b.phi(ir.IntType(64))
+        places = [b.phi(ir.IntType(8).as_pointer()) for _ in starts]  # a[row + r, k], panel[k]
+        sums = [b.phi(self.vector) for _ in range(2 * rows)]
+        initial = [self.constant(0), *starts] + [self.zero] * len(sums)
+        for phi, start in zip([k, *places, *sums], initial, strict=True):
+            phi.add_incoming(start, entry)
+        panel_row = b.bitcast(places[-1], self.vector.as_pointer())  # two vectors
+        halves = [b.load(b.gep(panel_row, [self.constant(j)]), align=self.size) for j in (0, 1)]
+        updated = []
+        for r in range(rows):
+            a_rk = b.load(b.bitcast(places[r], self.scalar.as_pointer()), align=self.size)
+            updated += [
+                b.call(self.fma, [halves[j], self.broadcast(a_rk), sums[2 * r + j]]) for j in (0, 1)
+            ]
+        following = b.add(k, self.constant(1))
+        advanced = [b.gep(place, [self.a_step]) for place in places[:-1]]
+        advanced.append(b.gep(places[-1], [self.panel_step]))
+        for phi, value in zip([k, *places, *sums], [following, *advanced, *updated], strict=True):
+            phi.add_incoming(value, b.block)
+        after = b.append_basic_block(f"panel.store{rows}")
+        b.cbranch(b.icmp_signed("<", following, self.depth), loop, after)
+        b.position_at_end(after)
+        return updated
+
+    def store(self, rows, sums):
+        """out[row + r, col:col + PANEL] = (out +) the row's two sums."""
+        b = self.builder
+        for r in range(rows):
+            row_r = b.add(self.row0, self.constant(r))
+            target = _pointer(self.context, b, self.out_type, self.out, row_r, self.col0)
+            target = b.bitcast(target, self.vector.as_pointer())
+            for j in (0, 1):
+                place, value = b.gep(target, [self.constant(j)]), sums[2 * r + j]
+                total = b.fadd(b.load(place, align=self.size), value)
+                b.store(b.select(self.add, total, value), place, align=self.size)
+
+    def emit(self):
+        """A switch on the count of rows, each case its own K loop and stores."""
+        b = self.builder
+        done = b.append_basic_block("panel.done")
+        choose = b.switch(self.count, done)
+        for rows in range(1, ROWS + 1):
+            block = b.append_basic_block(f"panel.rows{rows}")
+            choose.add_case(self.constant(rows), block)
+            b.position_at_end(block)
+            self.store(rows, self.k_loop(rows))
+            b.branch(done)
+        b.position_at_end(done)
+
+
 @intrinsic
 def panel_product(typingctx, a, row, rows, panel, out, col, accumulate):
     """out[row:row + rows, col:col + PANEL] (+)= a[row:row + rows] (rows, K) @ panel (K, PANEL)
     for 1 ≤ rows ≤ ROWS; a of any strides, panel and out with unit column stride. For each
-    count of rows the K loop is emitted apart, with its 2·rows accumulators in registers and
-    one pointer per row of a and one for the panel, each advanced by its stride (computing
-    addresses from k would make LLVM spill broadcasts to the stack)."""
+    count of rows the K loop is emitted apart (``_PanelCode``), with its 2·rows accumulators in
+    registers and one pointer per row of a and one for the panel, each advanced by its stride
+    (computing addresses from k would make LLVM spill broadcasts to the stack)."""
 
     def codegen(context, builder, signature, args):
-        a_type, _, _, panel_type, out_type, _, _ = signature.args
-        a, row0, count, panel, out, col0, add = args
-        scalar = context.get_value_type(panel_type.dtype)
-        size = context.get_abi_sizeof(scalar)
-        width, index = VECTOR_BYTES // size, ir.IntType(64)  # elements of one vector
-        vector = ir.VectorType(scalar, width)
-        fma_type = ir.FunctionType(vector, [vector] * 3)
-        fma_name = f"llvm.fma.v{width}{scalar.intrinsic_name}"
-        fma = cgutils.get_or_insert_function(builder.module, fma_type, fma_name)
-        a_array = context.make_array(a_type)(context, builder, a)
-        depth = builder.extract_value(a_array.shape, 1)
-        a_step = builder.extract_value(a_array.strides, 1)  # bytes from a[r, k] to a[r, k + 1]
-        panel_array = context.make_array(panel_type)(context, builder, panel)
-        panel_step = builder.extract_value(panel_array.strides, 0)
-        bytes_pointer = ir.IntType(8).as_pointer()
-        undef, zero = ir.Constant(vector, ir.Undefined), ir.Constant(vector, [0.0] * width)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-
-        def constant(n):
-            return ir.Constant(index, n)
-
-        def broadcast(value):  # one scalar into every element of a vector
-            value = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(value, undef, splat)
-
-        def emit(rows):  # the K loop for this many rows, then the stores
-            entry = builder.block
-            starts = [
-                _pointer(context, builder, a_type, a, builder.add(row0, constant(r)), constant(0))
-                for r in range(rows)
-            ]
-            starts.append(_pointer(context, builder, panel_type, panel, constant(0), constant(0)))
-            starts = [builder.bitcast(start, bytes_pointer) for start in starts]
-            loop = builder.append_basic_block(f"panel.loop{rows}")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            k = builder.phi(index)
-            places = [builder.phi(bytes_pointer) for _ in starts]  # a[row + r, k], panel[k]
-            sums = [builder.phi(vector) for _ in range(2 * rows)]  # row r: sums[2r], sums[2r+1]
-            for phi, start in zip(
-                [k, *places, *sums], [constant(0), *starts] + [zero] * len(sums), strict=True
-            ):
-                phi.add_incoming(start, entry)
-            panel_row = builder.bitcast(places[-1], vector.as_pointer())  # two vectors
-            halves = [
-                builder.load(builder.gep(panel_row, [constant(j)]), align=size) for j in (0, 1)
-            ]
-            updated = []
-            for r in range(rows):
-                a_rk = builder.load(builder.bitcast(places[r], scalar.as_pointer()), align=size)
-                updated += [
-                    builder.call(fma, [halves[j], broadcast(a_rk), sums[2 * r + j]]) for j in (0, 1)
-                ]
-            following = builder.add(k, constant(1))
-            advanced = [builder.gep(place, [a_step]) for place in places[:-1]]
-            advanced.append(builder.gep(places[-1], [panel_step]))
-            for phi, value in zip(
-                [k, *places, *sums], [following, *advanced, *updated], strict=True
-            ):
-                phi.add_incoming(value, builder.block)
-            after = builder.append_basic_block(f"panel.store{rows}")
-            builder.cbranch(builder.icmp_signed("<", following, depth), loop, after)
-            builder.position_at_end(after)
-            for r in range(rows):
-                row_r = builder.add(row0, constant(r))
-                target = _pointer(context, builder, out_type, out, row_r, col0)
-                target = builder.bitcast(target, vector.as_pointer())
-                for j in (0, 1):
-                    place, value = builder.gep(target, [constant(j)]), updated[2 * r + j]
-                    total = builder.fadd(builder.load(place, align=size), value)
-                    builder.store(builder.select(add, total, value), place, align=size)
-
-        done = builder.append_basic_block("panel.done")
-        choose = builder.switch(count, done)
-        for rows in range(1, ROWS + 1):
-            block = builder.append_basic_block(f"panel.rows{rows}")
-            choose.add_case(constant(rows), block)
-            builder.position_at_end(block)
-            emit(rows)
-            builder.branch(done)
-        builder.position_at_end(done)
+        _PanelCode(context, builder, signature, args).emit()
         return context.get_dummy_value()
 
     return types.void(a, types.intp, types.intp, panel, out, types.intp, types.boolean), codegen
