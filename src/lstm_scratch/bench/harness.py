@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from lstm_scratch.bench.workers import NUMPY_FIRST
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.fast import host
 
@@ -177,9 +178,7 @@ def run_worker(task: str, impl: str, config: BenchConfig, seconds: float) -> dic
     lstm_scratch first, or NumPy first for an implementation named ``…-numpy-first``."""
     args = [task, impl, json.dumps(dataclasses.asdict(config)), str(seconds)]
     start = (
-        ["-c", _NUMPY_FIRST]
-        if impl.endswith("-numpy-first")
-        else ["-m", "lstm_scratch.bench.workers"]
+        ["-c", _NUMPY_FIRST] if impl.endswith(NUMPY_FIRST) else ["-m", "lstm_scratch.bench.workers"]
     )
     done = subprocess.run(
         [sys.executable, *start, *args],
@@ -290,7 +289,7 @@ def run_bench(options: BenchOptions, log=print) -> dict:
     return report
 
 
-ORDERS = {"scratch": "lstm_scratch first", "scratch-numpy-first": "numpy first"}
+ORDERS = {"scratch": "lstm_scratch first", "scratch" + NUMPY_FIRST: "numpy first"}
 
 
 def run_engine(options: BenchOptions, use_torch: bool, log) -> dict:

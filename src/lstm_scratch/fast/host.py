@@ -45,6 +45,15 @@ def _short(timeout: int) -> bool:
     return 0 < timeout <= BLAS_IDLE_POLL + 2
 
 
+def _timeout_reader(library: ctypes.CDLL):
+    """The library's ``openblas_thread_timeout()`` (the variable as it read it, 0 for unset), or
+    None where it has none."""
+    timeout = getattr(library, "openblas_thread_timeout", None)
+    if timeout is not None:
+        timeout.restype = ctypes.c_uint
+    return timeout
+
+
 def shorten_blas_idle_poll(library: ctypes.CDLL) -> bool:
     """Have one loaded OpenBLAS's idle threads stop polling for new work about 0.4 ms after a
     call (2^20 cycles) instead of ~0.1 s (2^28, its default); True where they now do.
@@ -59,12 +68,11 @@ def shorten_blas_idle_poll(library: ctypes.CDLL) -> bool:
     A value the user set is kept: one above 22 keeps the lanes to one thread. As before a
     fork, no other thread may be inside this OpenBLAS then: ``step_lanes`` calls this once per
     process, at the first large step."""
-    timeout = getattr(library, "openblas_thread_timeout", None)
+    timeout = _timeout_reader(library)
     read_env = getattr(library, "openblas_read_env", None)
     shutdown = getattr(library, "blas_thread_shutdown_", None)
     if timeout is None:
         return False
-    timeout.restype = ctypes.c_uint
     if timeout() == 0 and read_env is not None and shutdown is not None:
         ours = _TIMEOUT not in os.environ  # else the user set it after OpenBLAS loaded
         if ours:
@@ -114,9 +122,8 @@ def blas_idle_polls() -> list[int]:
     cycles), for reports."""
     polls = []
     for library in _openblas_libraries() or []:
-        timeout = getattr(ctypes.CDLL(library.filepath), "openblas_thread_timeout", None)
+        timeout = _timeout_reader(ctypes.CDLL(library.filepath))
         if timeout is not None:
-            timeout.restype = ctypes.c_uint
             polls.append(int(timeout()))
     return polls
 
