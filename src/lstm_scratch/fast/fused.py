@@ -32,6 +32,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 from lstm_scratch.fast.jit import cached_njit
+from lstm_scratch.fast.kernel import add_into, full_width_product
 
 
 @intrinsic
@@ -248,37 +249,38 @@ def activate_step(gates, c_prev, c, h, tanh_c):
 
 
 @cached_njit(error_model="numpy")
-def forward_loop(gates, weight_hh_t, hs, cs, tanh_cs):
-    """gates (T, B, G) arrive holding x W_ihᵀ + b and leave holding i, f, g, o.
-    weight_hh_t (H, G) is W_hhᵀ; hs, cs (T+1, B, H) arrive with h_0, c_0 in row 0."""
+def forward_loop(gates, weight_panels, hs, cs, tanh_cs, product):
+    """gates (T, B, G) arrive holding x W_ihᵀ + b and leave holding i, f, g, o. weight_panels
+    (P, H, PANEL) is W_hhᵀ (H, G) in panels (``kernel.pack_columns``, zero-padded to P·PANEL
+    columns); hs, cs (T+1, B, H) arrive with h_0, c_0 in row 0; product (B, P·PANEL) is
+    scratch for each step's h_{t-1} W_hhᵀ, made by the register kernel."""
     steps, batch, four_h = gates.shape
-    hidden = four_h // 4
+    span = weight_panels.shape[2]
     for t in range(steps):
+        for p in range(weight_panels.shape[0]):  # (B, H) @ (H, PANEL) -> product[:, p·PANEL:]
+            full_width_product(hs[t], weight_panels[p], product, p * span, False)
         for b in range(batch):
             z = gates[t, b]  # (G,)
-            for k in range(hidden):  # z += h_{t-1} W_hhᵀ, row by row (contiguous, vectorised)
-                h_k = hs[t, b, k]
-                for j in range(four_h):
-                    z[j] += h_k * weight_hh_t[k, j]
+            add_into(z, product[b, :four_h])  # z += h_{t-1} W_hhᵀ
             activate(z, cs[t, b], cs[t + 1, b], hs[t + 1, b], tanh_cs[t, b])
 
 
 @cached_njit(error_model="numpy")
-def backward_loop(dy, gates, cs, tanh_cs, weight_hh, dh, dc, dgates):
-    """dy (T, B, H); dh, dc (B, H) arrive as dh_T, dc_T and leave as dh_0, dc_0;
-    dgates (T, B, G) is filled with the gradient of the pre-activations."""
+def backward_loop(dy, gates, cs, tanh_cs, weight_panels, dh, dc, dgates, product):
+    """dy (T, B, H); dh, dc (B, H) arrive as dh_T, dc_T and leave as dh_0, dc_0; dgates
+    (T, B, G) is filled with the gradient of the pre-activations. weight_panels (P, G, PANEL)
+    is W_hh (G, H) in panels; product (B, P·PANEL) is scratch for each step's dz_t W_hh."""
     steps, batch, hidden = dy.shape
-    four_h = 4 * hidden
+    span = weight_panels.shape[2]
     apart = is_apart(dgates, gates)
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
             dz = dgates[t, b]  # (G,)
             gate_grads(gates[t, b], dy[t, b], dh[b], dc[b], cs[t, b], tanh_cs[t, b], dz, apart)
-            dh[b] = 0
-            for k in range(four_h):  # dh_{t-1} = dz W_hh, row by row
-                dz_k = dz[k]
-                for j in range(hidden):
-                    dh[b, j] += dz_k * weight_hh[k, j]
+        for p in range(weight_panels.shape[0]):  # (B, G) @ (G, PANEL) -> product[:, p·PANEL:]
+            full_width_product(dgates[t], weight_panels[p], product, p * span, False)
+        for b in range(batch):  # dh_{t-1} = dz_t W_hh
+            dh[b] = product[b, :hidden]
 
 
 @cached_njit(error_model="numpy")

@@ -1,5 +1,6 @@
-"""The GEMM kernel of the large-step lanes (``lanes.py``) and the packing of its weights,
-compiled. Letters: K the shared dimension of a product, PANEL the columns of one packed panel.
+"""The GEMM kernel of the recurrent products (the large-step lanes of ``lanes.py``, the small-step
+time loops of ``fused.py``) and the packing of its weights, compiled. Letters: K the shared
+dimension of a product, PANEL the columns of one packed panel.
 
 The kernel. ``panel_product`` computes rows (≤ ROWS) of out[:, col:col + PANEL] = a @ panel
 with 2·rows vector accumulators held in registers for the whole K loop: per k, two vector loads
@@ -10,8 +11,8 @@ host (``host.kernel_isa``: 256-bit, or 512-bit with AVX-512). On one thread, flo
 Packing the weights into panels once per layer call is what BLAS would redo on every step's
 small GEMM.
 
-The compiled functions here are inlined into ``lanes.py``; an edit here recompiles those too
-(``jit.cached_njit``).
+The compiled functions here are inlined into ``lanes.py`` and ``fused.py``; an edit here
+recompiles those too (``jit.cached_njit``).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def add_into(target, values):
 
 
 @cached_njit(nogil=True, inline="always", error_model="numpy")
-def _panels(a, panel, out, col, accumulate):
+def full_width_product(a, panel, out, col, accumulate):
     """out[:, col:col + PANEL] (+)= a (R, K) @ panel (K, PANEL) by the register kernel, ROWS
     rows at a time but for the last rows: those are split so that no call gets fewer than 4
     where that can be (ROWS 6, 32 rows: 6, 6, 6, 6, 4, 4, not 6, …, 2), since a call's 2·rows
@@ -248,10 +249,10 @@ def product(a, panel, out, col, width, accumulate):
     that every column is the same sum of the same fused multiply-adds, whatever the vector
     width and wherever the panels' edges fall."""
     if width == panel.shape[1]:
-        _panels(a, panel, out, col, accumulate)
+        full_width_product(a, panel, out, col, accumulate)
         return
     scratch = np.empty((a.shape[0], panel.shape[1]), dtype=out.dtype)  # (R, PANEL)
-    _panels(a, panel, scratch, 0, False)
+    full_width_product(a, panel, scratch, 0, False)
     for r in range(a.shape[0]):
         target = out[r, col : col + width]
         for j in range(width):

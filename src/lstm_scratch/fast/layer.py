@@ -1,17 +1,18 @@
-"""The numba backend's layer: one LSTM layer forward and backward, and the loss, in Python
-around the compiled kernels of ``fused.py`` and ``lanes.py``.
+"""The numba backend's layer: one LSTM layer forward and backward, and the loss, in Python around
+the compiled kernels of ``fused.py`` and ``lanes.py``.
 
 Same equations, shapes and cache as ``cell.py`` (the readable reference; tests hold this one to
 it). Small steps (``host.is_small_step``) run each layer's whole time loop compiled, the
-recurrent matrix product included, on one thread. Large ones run it on a few threads
-(``lanes.py``), with the recurrent GEMM over weights packed once per call: each lane owns some
-rows of the batch where the batch gives every lane ``ROWS_PER_LANE`` of them, else a slice of
-the hidden units; each lane's share follows the speed it showed. The all-timestep GEMMs stay
-in BLAS (dense input's x W_ihᵀ, and the weight gradients after the loop). Generation's one
-step (``lstm_step_forward``) is BLAS plus one compiled call. Where the reference's work around
-the time loops does not suit the compiled loops (the one-hot gather, aligned arrays, sums
-already made in the loop, a consumed cache, a deferred dy), this module has its own variant of
-that piece and reuses the rest. Letters: T time, B batch, D input, H hidden, G = 4H gates.
+recurrent matrix product included (by ``kernel.py``'s register kernel), on one thread. Large
+ones run it on a few threads (``lanes.py``), with the recurrent GEMM over weights packed once
+per call: each lane owns some rows of the batch where the batch gives every lane
+``ROWS_PER_LANE`` of them, else a slice of the hidden units; each lane's share follows the
+speed it showed. The all-timestep GEMMs stay in BLAS (dense input's x W_ihᵀ, and the weight
+gradients after the loop). Generation's one step (``lstm_step_forward``) is BLAS plus one
+compiled call. Where the reference's work around the time loops does not suit the compiled
+loops (the one-hot gather, aligned arrays, sums already made in the loop, a consumed cache, a
+deferred dy), this module has its own variant of that piece and reuses the rest. Letters: T
+time, B batch, D input, H hidden, G = 4H gates.
 
 Large steps wait on memory more than on arithmetic: at T 100, B 64, H 256 the (T, B, G) gate
 arrays are 26 MB each, beyond every cache. So the lanes do the all-timestep work that touches
@@ -108,8 +109,10 @@ def lstm_forward(x, weights: LayerWeights, h0, c0):
     keep_freed_memory_for(4 * x.shape[0] * batch * 4 * hidden * h0.dtype.itemsize)
     if is_small_step(batch, hidden):
         cache = _start_forward(x, weights, h0, c0)
-        weight_hh_t = np.ascontiguousarray(weights.weight_hh.T)  # (G, H) -> (H, G)
-        fused.forward_loop(cache.gates, weight_hh_t, cache.hs, cache.cs, cache.tanh_cs)
+        span = panel_width(cache.gates.dtype)
+        panels = _pack_columns(weights.weight_hh.T, 0, 4 * hidden, span)  # (P, H, span)
+        product = empty_aligned((batch, panels.shape[0] * span), cache.gates.dtype)
+        fused.forward_loop(cache.gates, panels, cache.hs, cache.cs, cache.tanh_cs, product)
         return finish_forward(cache)
     return _forward_on_lanes(x, weights, h0, c0, step_lanes())
 
@@ -134,8 +137,11 @@ def lstm_backward(
     batch, hidden = dh.shape
     if is_small_step(batch, hidden):
         dy = np.ascontiguousarray(_dense(dy))  # (T, B, H)
-        weight_hh = np.ascontiguousarray(weights.weight_hh)  # (G, H)
-        fused.backward_loop(dy, cache.gates, cache.cs, cache.tanh_cs, weight_hh, dh, dc, dgates)
+        span = panel_width(dgates.dtype)
+        panels = _pack_columns(weights.weight_hh, 0, hidden, span)  # (P, G, span)
+        product = empty_aligned((batch, panels.shape[0] * span), dgates.dtype)
+        state = (cache.gates, cache.cs, cache.tanh_cs, panels, dh, dc, dgates, product)
+        fused.backward_loop(dy, *state)
         dx, grads = _finish_backward(dgates, cache, weights, grads, _weight_ih_grad_from_ids)
         return dx, (dh, dc), grads
     return _backward_on_lanes(dy, cache, weights, dh, dc, dgates, grads, step_lanes())
