@@ -1,4 +1,5 @@
-"""lstm-scratch: an LSTM written from scratch in NumPy, and a character language model on it.
+"""lstm-scratch: an LSTM (and a GRU and a plain RNN) written from scratch in NumPy, and a
+character language model on it.
 
 The package is a house of floors; each imports only the floors below it (docs/architecture.md):
 ``reference`` (the NumPy math), ``fast`` (the compiled path), ``model``, ``training``, ``app``
@@ -6,6 +7,7 @@ The package is a house of floors; each imports only the floors below it (docs/ar
 """
 
 from lstm_scratch.model.lstm import LSTM
+from lstm_scratch.model.recurrent import GRU, RNN
 
-__all__ = ["LSTM"]
+__all__ = ["GRU", "LSTM", "RNN"]
 __version__ = "0.1.0"

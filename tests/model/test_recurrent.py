@@ -1,0 +1,155 @@
+"""GRU and RNN as models (model/recurrent.py): stacked, bidirectional, batch-first, with and
+without biases, against torch.nn.GRU / torch.nn.RNN with the weights copied in, and against
+central differences in float64 with dropout masks held fixed."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import numeric_gradient, rel_error
+from lstm_scratch.model.recurrent import GRU, RNN
+from lstm_scratch.reference.ops import one_hot
+
+KINDS = ["gru", "rnn-tanh", "rnn-relu"]
+
+
+def make_pair(kind, D, H, L, dtype, seed=0, **options):
+    """Ours and torch's, the same random weights (biases too) in both."""
+    if kind == "gru":
+        ours, theirs = GRU(D, H, L, dtype=dtype, **options), torch.nn.GRU(D, H, L, **options)
+    else:
+        nonlinearity = kind.split("-")[1]
+        ours = RNN(D, H, L, nonlinearity=nonlinearity, dtype=dtype, **options)
+        theirs = torch.nn.RNN(D, H, L, nonlinearity=nonlinearity, **options)
+    rng = np.random.default_rng(seed)
+    ours.load_state_dict({k: rng.normal(0, 0.6, v.shape) for k, v in ours.state_dict().items()})
+    theirs = theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
+    assert list(theirs.state_dict()) == list(ours.state_dict())  # torch's names, in its order
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return ours, theirs
+
+
+def compare(kind, T, B, D, H, L, dtype, ids=False, seed=0, **options):
+    """Relative errors of ours against torch's for y, h_n, dx, dh_0 and every gradient."""
+    ours, theirs = make_pair(kind, D, H, L, dtype, seed, **options)
+    rng = np.random.default_rng(seed + 1)
+    dirs = 2 if options.get("bidirectional") else 1
+    order = (B, T) if options.get("batch_first") else (T, B)
+    x = rng.integers(0, D, order) if ids else rng.normal(size=(*order, D)).astype(dtype)
+    h0 = rng.normal(size=(L * dirs, B, H)).astype(dtype)
+    dy = rng.normal(size=(*order, dirs * H)).astype(dtype)
+    dh_n = rng.normal(size=h0.shape).astype(dtype)
+
+    y, h_n, cache = ours.forward(x, h0)
+    dx, dh_0, grads = ours.backward(dy, cache, dh_n)
+    mine = {"y": y, "h_n": h_n, "dh_0": dh_0, **grads}
+
+    xt = torch.tensor(one_hot(x, D, dtype) if ids else x, requires_grad=True)
+    h0t = torch.tensor(h0, requires_grad=True)
+    yt, h_nt = theirs(xt, h0t)
+    ((yt * torch.from_numpy(dy)).sum() + (h_nt * torch.from_numpy(dh_n)).sum()).backward()
+    expected = {"y": yt, "h_n": h_nt, "dh_0": h0t.grad}
+    expected.update({name: p.grad for name, p in theirs.named_parameters()})
+    if ids:
+        assert dx is None
+    else:
+        mine["dx"], expected["dx"] = dx, xt.grad
+    assert mine.keys() == expected.keys()
+    for name, value in mine.items():
+        assert value.dtype == dtype, name
+    return {name: rel_error(mine[name], expected[name].detach().numpy()) for name in mine}
+
+
+OPTIONS = [
+    {},
+    {"bidirectional": True},
+    {"batch_first": True},
+    {"bias": False},
+    {"bidirectional": True, "batch_first": True, "bias": False},
+]
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-10), (np.float32, 1e-4)])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_torch(kind, options, dtype, tolerance):
+    errors = compare(kind, 5, 3, 4, 6, 2, dtype, **options)
+    assert max(errors.values()) < tolerance, errors
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_match_torch_on_their_one_hot_rows(kind):
+    errors = compare(
+        kind, 4, 3, 7, 5, 2, np.float64, ids=True, bidirectional=True, batch_first=True
+    )
+    assert max(errors.values()) < 1e-10, errors
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.sampled_from(KINDS),
+    st.tuples(*(st.integers(1, 5),) * 4),
+    st.integers(1, 3),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+def test_matches_torch_on_drawn_shapes(kind, sizes, L, bidirectional, batch_first, bias, seed):
+    options = {"bidirectional": bidirectional, "batch_first": batch_first, "bias": bias}
+    errors = compare(kind, *sizes, L, np.float64, seed=seed, **options)
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_gradient_matches_central_differences_with_dropout(kind):
+    """Two bidirectional, batch-first layers, random non-zero biases, dropout between them with
+    masks held fixed (a fresh generator of one seed each call), non-zero dh_n."""
+    ours, _ = make_pair(
+        kind, 4, 5, 2, np.float64, bidirectional=True, batch_first=True, dropout=0.4
+    )
+    rng = np.random.default_rng(3)
+    x, h0 = rng.normal(size=(3, 4, 4)), rng.normal(size=(4, 3, 5))  # (B, T, D), (K, B, H)
+    dy, dh_n = rng.normal(size=(3, 4, 10)), rng.normal(size=(4, 3, 5))
+
+    def loss():
+        y, h_n, _ = ours.forward(x, h0, rng=np.random.default_rng(42))
+        return float((y * dy).sum() + (h_n * dh_n).sum())
+
+    _, _, cache = ours.forward(x, h0, rng=np.random.default_rng(42))
+    assert (cache.masks[1] == 0).any()
+    dx, dh_0, grads = ours.backward(dy, cache, dh_n)
+    errors = {
+        name: rel_error(grads[name], numeric_gradient(loss, ours.params[name])) for name in grads
+    }
+    errors["x"] = rel_error(dx, numeric_gradient(loss, x))
+    errors["h0"] = rel_error(dh_0, numeric_gradient(loss, h0))
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize(
+    ("make", "call", "message"),
+    [
+        (lambda: GRU(4, 3), lambda m: m.forward(np.zeros((2, 1, 5), np.float32)), "(T, B, 4)"),
+        (
+            lambda: GRU(4, 3, batch_first=True),
+            lambda m: m.forward(np.zeros((2, 1, 5))),
+            "(B, T, 4)",
+        ),
+        (lambda: RNN(4, 3), lambda m: m.forward(np.zeros((2, 1, 4))), "dtype float64"),
+        (lambda: RNN(4, 3), lambda m: m.forward(np.array([[4]])), "[0, 4)"),
+        (
+            lambda: GRU(4, 3, 2, bidirectional=True),
+            lambda m: m.forward(np.zeros((2, 1, 4), np.float32), np.zeros((2, 1, 3), np.float32)),
+            "(4, 1, 3)",
+        ),
+        (lambda: RNN(4, 3, nonlinearity="sigmoid"), None, "'tanh' or 'relu'"),
+        (lambda: GRU(4, 0), None, "hidden_size"),
+    ],
+)
+def test_bad_input_names_what_was_expected(make, call, message):
+    with pytest.raises(ValueError) as error:
+        call(make()) if call else make()
+    assert message in str(error.value)
