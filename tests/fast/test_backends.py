@@ -74,7 +74,7 @@ def test_compiled_layer_refuses_ids_out_of_range(bad, fast_path):
     lstm = LSTM(6, 8, 1, dtype=np.float64, backend="numba")
     ids = np.zeros((3, 2), dtype=np.int64)
     ids[1, 1] = bad
-    weights = lstm.layers[0]
+    (weights,) = lstm.layers[0]  # layer 0's one direction
     h0 = np.zeros((2, 8))
     with pytest.raises(ValueError, match=r"ids must be in \[0, 6\)"):
         fast_layer.lstm_forward(ids, weights, h0, h0)

@@ -1,6 +1,6 @@
-"""GRU and RNN as models (model/recurrent.py): stacked, bidirectional, batch-first, with and
-without biases, against torch.nn.GRU / torch.nn.RNN with the weights copied in, and against
-central differences in float64 with dropout masks held fixed."""
+"""LSTM, GRU and RNN as models (model/recurrent.py): stacked, bidirectional, batch-first, with
+and without biases, against torch.nn.LSTM / GRU / RNN with the weights copied in, and against
+central differences in float64 with dropout masks held fixed. The LSTM runs on both backends."""
 
 import numpy as np
 import pytest
@@ -9,16 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import numeric_gradient, rel_error
+from lstm_scratch.model.lstm import LSTM
 from lstm_scratch.model.recurrent import GRU, RNN
 from lstm_scratch.reference.ops import one_hot
 
-KINDS = ["gru", "rnn-tanh", "rnn-relu"]
+KINDS = ["lstm-numpy", "lstm-numba", "gru", "rnn-tanh", "rnn-relu"]
 
 
 def make_pair(kind, D, H, L, dtype, seed=0, **options):
     """Ours and torch's, the same random weights (biases too) in both."""
     if kind == "gru":
         ours, theirs = GRU(D, H, L, dtype=dtype, **options), torch.nn.GRU(D, H, L, **options)
+    elif kind.startswith("lstm"):
+        backend = kind.split("-")[1]
+        ours = LSTM(D, H, L, dtype=dtype, backend=backend, **options)
+        theirs = torch.nn.LSTM(D, H, L, **options)
     else:
         nonlinearity = kind.split("-")[1]
         ours = RNN(D, H, L, nonlinearity=nonlinearity, dtype=dtype, **options)
@@ -32,25 +37,39 @@ def make_pair(kind, D, H, L, dtype, seed=0, **options):
 
 
 def compare(kind, T, B, D, H, L, dtype, ids=False, seed=0, **options):
-    """Relative errors of ours against torch's for y, h_n, dx, dh_0 and every gradient."""
+    """Relative errors of ours against torch's for y, the final state, dx, the initial state's
+    gradient and every parameter's."""
     ours, theirs = make_pair(kind, D, H, L, dtype, seed, **options)
     rng = np.random.default_rng(seed + 1)
     dirs = 2 if options.get("bidirectional") else 1
     order = (B, T) if options.get("batch_first") else (T, B)
     x = rng.integers(0, D, order) if ids else rng.normal(size=(*order, D)).astype(dtype)
-    h0 = rng.normal(size=(L * dirs, B, H)).astype(dtype)
+    parts = 2 if kind.startswith("lstm") else 1  # (h, c) or h
+    state = [rng.normal(0, 1.5, (L * dirs, B, H)).astype(dtype) for _ in range(parts)]
     dy = rng.normal(size=(*order, dirs * H)).astype(dtype)
-    dh_n = rng.normal(size=h0.shape).astype(dtype)
+    dstate = [rng.normal(size=(L * dirs, B, H)).astype(dtype) for _ in range(parts)]
 
-    y, h_n, cache = ours.forward(x, h0)
-    dx, dh_0, grads = ours.backward(dy, cache, dh_n)
-    mine = {"y": y, "h_n": h_n, "dh_0": dh_0, **grads}
+    def public(arrays):  # h alone, or (h, c)
+        return arrays[0] if parts == 1 else tuple(arrays)
+
+    y, state_n, cache = ours.forward(x, public(state))
+    dx, dstate_0, grads = ours.backward(dy, cache, public(dstate))
+    state_n, dstate_0 = ([a] if parts == 1 else a for a in (state_n, dstate_0))
+    mine = {"y": y, **grads}
+    for k in range(parts):
+        mine[f"state_n{k}"], mine[f"dstate_0{k}"] = state_n[k], dstate_0[k]
 
     xt = torch.tensor(one_hot(x, D, dtype) if ids else x, requires_grad=True)
-    h0t = torch.tensor(h0, requires_grad=True)
-    yt, h_nt = theirs(xt, h0t)
-    ((yt * torch.from_numpy(dy)).sum() + (h_nt * torch.from_numpy(dh_n)).sum()).backward()
-    expected = {"y": yt, "h_n": h_nt, "dh_0": h0t.grad}
+    state_t = [torch.tensor(a, requires_grad=True) for a in state]
+    yt, state_nt = theirs(xt, public(state_t))
+    state_nt = [state_nt] if parts == 1 else state_nt
+    loss = (yt * torch.from_numpy(dy)).sum()
+    for last, grad in zip(state_nt, dstate, strict=True):
+        loss = loss + (last * torch.from_numpy(grad)).sum()
+    loss.backward()
+    expected = {"y": yt}
+    for k in range(parts):
+        expected[f"state_n{k}"], expected[f"dstate_0{k}"] = state_nt[k], state_t[k].grad
     expected.update({name: p.grad for name, p in theirs.named_parameters()})
     if ids:
         assert dx is None
@@ -106,26 +125,37 @@ def test_matches_torch_on_drawn_shapes(kind, sizes, L, bidirectional, batch_firs
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_gradient_matches_central_differences_with_dropout(kind):
     """Two bidirectional, batch-first layers, random non-zero biases, dropout between them with
-    masks held fixed (a fresh generator of one seed each call), non-zero dh_n."""
+    masks held fixed (a fresh generator of one seed each call), non-zero final-state
+    gradients; for the LSTM |c| > 1."""
     ours, _ = make_pair(
         kind, 4, 5, 2, np.float64, bidirectional=True, batch_first=True, dropout=0.4
     )
     rng = np.random.default_rng(3)
-    x, h0 = rng.normal(size=(3, 4, 4)), rng.normal(size=(4, 3, 5))  # (B, T, D), (K, B, H)
-    dy, dh_n = rng.normal(size=(3, 4, 10)), rng.normal(size=(4, 3, 5))
+    parts = 2 if kind.startswith("lstm") else 1
+    x = rng.normal(size=(3, 4, 4))  # (B, T, D)
+    state = [rng.normal(0, 1.5, (4, 3, 5)) for _ in range(parts)]  # (K, B, H) each
+    dy, dstate = rng.normal(size=(3, 4, 10)), [rng.normal(size=(4, 3, 5)) for _ in range(parts)]
+
+    def public(arrays):
+        return arrays[0] if parts == 1 else tuple(arrays)
 
     def loss():
-        y, h_n, _ = ours.forward(x, h0, rng=np.random.default_rng(42))
-        return float((y * dy).sum() + (h_n * dh_n).sum())
+        y, last, _ = ours.forward(x, public(state), rng=np.random.default_rng(42))
+        last = [last] if parts == 1 else last
+        return float((y * dy).sum() + sum((a * g).sum() for a, g in zip(last, dstate, strict=True)))
 
-    _, _, cache = ours.forward(x, h0, rng=np.random.default_rng(42))
+    _, _, cache = ours.forward(x, public(state), rng=np.random.default_rng(42))
     assert (cache.masks[1] == 0).any()
-    dx, dh_0, grads = ours.backward(dy, cache, dh_n)
+    if parts == 2:
+        assert all(np.abs(d.cs).max() > 1 for layer in cache.layers for d in layer)
+    dx, dstate_0, grads = ours.backward(dy, cache, public(dstate))
+    dstate_0 = [dstate_0] if parts == 1 else dstate_0
     errors = {
         name: rel_error(grads[name], numeric_gradient(loss, ours.params[name])) for name in grads
     }
     errors["x"] = rel_error(dx, numeric_gradient(loss, x))
-    errors["h0"] = rel_error(dh_0, numeric_gradient(loss, h0))
+    for k in range(parts):
+        errors[f"state{k}"] = rel_error(dstate_0[k], numeric_gradient(loss, state[k]))
     assert max(errors.values()) < 1e-6, errors
 
 
@@ -146,6 +176,17 @@ def test_every_gradient_matches_central_differences_with_dropout(kind):
             "(4, 1, 3)",
         ),
         (lambda: RNN(4, 3, nonlinearity="sigmoid"), None, "'tanh' or 'relu'"),
+        (
+            lambda: LSTM(4, 3, bidirectional=True),
+            lambda m: m.forward(np.zeros((2, 1, 4), np.float32), m.zero_state(1)[0]),
+            "(h, c)",
+        ),
+        (
+            lambda: LSTM(4, 3, bidirectional=True),
+            lambda m: m.forward(np.zeros((2, 1, 4), np.float32), LSTM(4, 3).zero_state(1)),
+            "(2, 1, 3)",
+        ),
+        (lambda: LSTM(4, 3, bias=False, forget_bias=1.0), None, "bias=True"),
         (lambda: GRU(4, 0), None, "hidden_size"),
     ],
 )

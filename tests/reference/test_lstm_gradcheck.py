@@ -54,7 +54,7 @@ def test_every_gradient_matches_central_differences(dropout, backend):
     lstm, x, h0, c0, _, _ = problem
     _, _, cache = lstm.forward(x, (h0, c0), rng=np.random.default_rng(42))
     # the notebook's 1 − c² (for 1 − tanh²(c)) is furthest off where |c| > 1: make sure c gets there
-    assert all(np.abs(layer.cs).max() > 1 for layer in cache.layers)
+    assert all(np.abs(layer.cs).max() > 1 for (layer,) in cache.layers)
     if dropout:
         assert any(m is not None and (m == 0).any() for m in cache.masks)
     errors = gradient_errors(*problem)

@@ -17,12 +17,12 @@ from lstm_scratch.model import backend as backends
 from lstm_scratch.model.lstm import (
     StackCache,
     initialise_lstm,
-    layer_dropout_masks,
     layer_views,
     lstm_parameter_shapes,
     stacked_lstm_backward,
     stacked_lstm_forward,
 )
+from lstm_scratch.model.recurrent import layer_dropout_masks
 from lstm_scratch.reference import init, ops
 from lstm_scratch.reference.cell import new_step_buffers
 from lstm_scratch.reference.params import FlatParams

@@ -1,4 +1,6 @@
-"""A stack of LSTM layers, and the public ``LSTM`` class with torch.nn.LSTM's parameter names.
+"""A stack of LSTM layers (the character model's), and the public ``LSTM`` class with
+torch.nn.LSTM's constructor and parameter names, stacked, bidirectional and batch-first as its
+family in ``model/recurrent.py``.
 
 Letters for shapes: T time, B batch, D input features, H hidden units, L layers.
 Layer k reads layer k-1's output y (T, B, H); during training that input passes through inverted
@@ -13,9 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from lstm_scratch.model import backend as backends
+from lstm_scratch.model.recurrent import Cell, Recurrent
 from lstm_scratch.reference import init
 from lstm_scratch.reference.cell import LayerCache, LayerWeights
-from lstm_scratch.reference.ops import dropout_mask
 from lstm_scratch.reference.params import FlatParams
 
 
@@ -74,11 +76,6 @@ def stacked_lstm_backward(
     return dy, (dh_0, dc_0)
 
 
-def layer_dropout_masks(rng, num_layers: int, shape, p: float, dtype) -> list:
-    """Inverted-dropout masks (T, B, H) for the inputs of layers 1..L-1 (None for layer 0)."""
-    return [None] + [dropout_mask(rng, shape, p, dtype) for _ in range(1, num_layers)]
-
-
 def lstm_parameter_shapes(input_size: int, hidden_size: int, num_layers: int) -> dict:
     """torch.nn.LSTM's names and shapes.
 
@@ -100,8 +97,11 @@ def layer_views(params: FlatParams, num_layers: int, prefix: str = "") -> list[L
     return [LayerWeights(*(params[f"{prefix}{n}_l{k}"] for n in names)) for k in range(num_layers)]
 
 
-def initialise_lstm(layers, rng, scheme: str = "pytorch", forget_bias: float | None = None):
-    """Fill LayerWeights in place.
+def initialise_lstm(
+    layers, rng, scheme: str = "pytorch", forget_bias: float | None = None, bias: bool = True
+):
+    """Fill LayerWeights in place (their biases too only where ``bias``: a model without
+    biases holds zeros in their place).
 
     "pytorch": every weight and bias U(-1/√H, 1/√H), torch.nn.LSTM's default.
     "xavier": each gate's block Xavier-uniform with fan_in = D + H (the gate sees [x, h]) and
@@ -112,7 +112,7 @@ def initialise_lstm(layers, rng, scheme: str = "pytorch", forget_bias: float | N
         raise ValueError(f"unknown init scheme {scheme!r}: use 'pytorch' or 'xavier'")
     for weights in layers:
         hidden = weights.weight_hh.shape[1]
-        for w in weights:
+        for w in weights if bias else weights[:2]:
             _initialise(w, rng, scheme, weights)
         if forget_bias is not None:
             weights.bias_ih[hidden : 2 * hidden] = forget_bias
@@ -132,20 +132,46 @@ def _initialise(w, rng, scheme: str, weights: LayerWeights):
             gate[...] = init.xavier_uniform(rng, gate.shape, features + hidden, hidden, dtype)
 
 
-class LSTM:
-    """A multi-layer LSTM with torch.nn.LSTM's parameter names, in NumPy.
+def lstm_cell(backend: str) -> Cell:
+    """The LSTM as a ``recurrent.Cell``: each layer call on ``backend`` (``model.backend``,
+    which picks the path by the call's batch and hidden size)."""
+
+    def forward(x, weights, state):
+        functions = backends.layer_functions(backend, x.shape[1], weights.weight_hh.shape[1])
+        return functions.lstm_forward(x, weights, *state)
+
+    def backward(dy, cache, weights, dstate, grads):
+        dh_n, dc_n = (None, None) if dstate is None else dstate
+        layer_backward = backends.layer_backward(backend, dy.shape[1], dy.shape[2])
+        return layer_backward(dy, cache, weights, dh_n, dc_n, grads)
+
+    return Cell(4, forward, backward)
+
+
+class LSTM(Recurrent):
+    """A multi-layer LSTM with torch.nn.LSTM's constructor and parameter names, in NumPy
+    (``reference/cell.py``), on the compiled path where numba is installed (``backend``).
+    Its state is (h, c), each (L·dirs, B, H).
 
     >>> lstm = LSTM(input_size=8, hidden_size=16, num_layers=2)
     >>> y, (h_n, c_n), cache = lstm.forward(np.zeros((5, 3, 8), dtype=np.float32))
     >>> dx, (dh_0, dc_0), grads = lstm.backward(np.ones_like(y), cache)
+
+    Beyond torch's arguments: ``init`` ("pytorch" or "xavier") and ``forget_bias``
+    (``initialise_lstm``), and ``backend`` ("auto", "numba" or "numpy").
     """
+
+    state_size = 2
 
     def __init__(
         self,
         input_size,
         hidden_size,
         num_layers=1,
+        bias=True,
+        batch_first=False,
         dropout=0.0,
+        bidirectional=False,
         dtype=np.float32,
         seed=0,
         *,
@@ -153,78 +179,17 @@ class LSTM:
         forget_bias=None,
         backend="auto",
     ):
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers, self.dropout = int(num_layers), float(dropout)
-        self.dtype = np.dtype(dtype)
-        self.params = FlatParams(lstm_parameter_shapes(input_size, hidden_size, num_layers), dtype)
-        self.layers = layer_views(self.params, self.num_layers)
-        self.rng = np.random.default_rng(seed)
-        initialise_lstm(self.layers, self.rng, init, forget_bias)
-        self.training = True
+        if init not in ("pytorch", "xavier"):
+            raise ValueError(f"unknown init scheme {init!r}: use 'pytorch' or 'xavier'")
+        if forget_bias is not None and not bias:
+            raise ValueError("forget_bias needs the biases: bias=True")
         backends.resolve(backend)  # fail early on a bad name
-        self.backend = backend
+        self.backend, self.init, self.forget_bias = backend, init, forget_bias
+        self.cell = lstm_cell(backend)
+        options = (bias, batch_first, dropout, bidirectional, dtype, seed)
+        super().__init__(input_size, hidden_size, num_layers, *options)
 
-    def train(self, mode: bool = True) -> LSTM:
-        """Dropout on (the default)."""
-        self.training = mode
-        return self
-
-    def eval(self) -> LSTM:
-        """Dropout off."""
-        return self.train(False)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self.params.state_dict()
-
-    def load_state_dict(self, state) -> None:
-        self.params.load_state_dict(state)
-
-    def zero_state(self, batch: int):
-        shape = (self.num_layers, batch, self.hidden_size)  # (L, B, H)
-        return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
-
-    def forward(self, x, state=None, *, rng: np.random.Generator | None = None):
-        """x (T, B, D) floats, or (T, B) integer ids in [0, D) meaning one-hot rows (gathered,
-        not multiplied); state (h_0, c_0) each (L, B, H) or None for zeros.
-
-        Returns y (T, B, H), (h_n, c_n), cache. Dropout masks are drawn from ``rng`` when given
-        (pass a freshly seeded generator to hold them fixed), else from the LSTM's own generator.
-        """
-        x = np.asarray(x)
-        if x.dtype.kind in "iu":
-            if x.ndim != 2 or x.size == 0 or x.min() < 0 or x.max() >= self.input_size:
-                raise ValueError(f"ids must be (T, B) integers in [0, {self.input_size})")
-        elif x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"x must have shape (T, B, {self.input_size}), got {x.shape}")
-        elif x.dtype != self.dtype:
-            raise ValueError(f"x has dtype {x.dtype} but the LSTM's weights are {self.dtype}")
-        h0, c0 = self.zero_state(x.shape[1]) if state is None else state
-        masks = None
-        if self.training and self.dropout > 0:
-            shape = (*x.shape[:2], self.hidden_size)  # (T, B, H)
-            masks = layer_dropout_masks(
-                self.rng if rng is None else rng, self.num_layers, shape, self.dropout, self.dtype
-            )
-        return stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
-
-    def backward(self, dy, cache: StackCache, dstate=None):
-        """dy (T, B, H); dstate (dh_n, dc_n) each (L, B, H) or None.
-
-        Returns dx (T, B, D) (None for ids), (dh_0, dc_0), and grads: a dict with state_dict()'s
-        keys and shapes (views into one flat gradient buffer).
-        """
-        grads = self.params.zeros_like()
-        dh_n, dc_n = (None, None) if dstate is None else dstate
-        dx, dstate_0 = stacked_lstm_backward(
-            dy, cache, self.layers, dh_n, dc_n, layer_views(grads, self.num_layers), self.backend
-        )
-        return dx, dstate_0, grads.arrays
+    def initialise(self) -> None:
+        """``initialise_lstm`` with the scheme and forget bias given."""
+        every_layer = [weights for layer in self.layers for weights in layer]
+        initialise_lstm(every_layer, self.rng, self.init, self.forget_bias, self.bias)

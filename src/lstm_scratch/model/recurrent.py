@@ -1,11 +1,12 @@
-"""The recurrent family with torch.nn's API: ``GRU`` and ``RNN`` (stacked, bidirectional,
-batch-first), over the reference's layers (``reference/gru.py``, ``reference/rnn.py``).
+"""The recurrent family with torch.nn's API, stacked, bidirectional and batch-first: what
+``LSTM`` (``model/lstm.py``), ``GRU`` and ``RNN`` share, and the latter two over the
+reference's layers (``reference/gru.py``, ``reference/rnn.py``).
 
 Letters for shapes: T time, B batch, D input features, H hidden units, L layers, K = L·dirs
 (dirs 2 when bidirectional, else 1). A bidirectional layer runs a second layer of its own
 weights (names ending ``_reverse``) over the sequence backwards, and its output is the two
-directions' (T, B, H) side by side: (T, B, 2H), the next layer's input. The state h is
-(K, B, H), row k·dirs + d for layer k, direction d, as in torch.
+directions' (T, B, H) side by side: (T, B, 2H), the next layer's input. The state is h (K, B, H)
+(and c for the LSTM), row k·dirs + d for layer k, direction d, as in torch.
 """
 
 from __future__ import annotations
@@ -16,25 +17,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lstm_scratch.model.lstm import layer_dropout_masks
 from lstm_scratch.reference import init
 from lstm_scratch.reference.cell import LayerWeights
 from lstm_scratch.reference.gru import gru_backward, gru_forward
+from lstm_scratch.reference.ops import dropout_mask
 from lstm_scratch.reference.params import FlatParams
 from lstm_scratch.reference.rnn import check_nonlinearity, rnn_backward, rnn_forward
 
 
 class Cell(NamedTuple):
     """One kind of layer: its stacked pre-activations per unit, and its sequence functions
-    forward(x, weights, h0) -> (y, h_T, cache) and backward(dy, cache, weights, dh_T, grads)
-    -> (dx, dh_0, grads)."""
+    forward(x, weights, state_0) -> (y, state_T, cache) and backward(dy, cache, weights,
+    dstate_T, grads) -> (dx, dstate_0, grads), a state being a tuple of (B, H) arrays (h; or h
+    and c) and dstate_T None for zeros."""
 
     gates: int
     forward: Callable
     backward: Callable
 
 
-class StackCache(NamedTuple):
+class RecurrentCache(NamedTuple):
     layers: tuple  # per layer, per direction: the layer's cache
     masks: tuple  # per layer: the dropout mask on its input (T, B, dirs·H), or None
     batch_first: bool
@@ -71,52 +73,81 @@ def layer_weights(params: FlatParams, num_layers, directions) -> list[list[Layer
     return layers
 
 
-def stack_forward(cell: Cell, x, layers, h0, masks):
-    """x (T, B, D), or (T, B) ids; layers from ``layer_weights``; h0 (K, B, H); masks per layer.
-    Returns y (T, B, dirs·H), h_n (K, B, H), and per layer, per direction, the caches."""
-    h_n, caches, inputs = np.empty_like(h0), [], x
+def layer_dropout_masks(rng, num_layers: int, shape, p: float, dtype) -> list:
+    """Inverted-dropout masks (T, B, dirs·H) for the inputs of layers 1..L-1 (None for layer 0)."""
+    return [None] + [dropout_mask(rng, shape, p, dtype) for _ in range(1, num_layers)]
+
+
+def stack_forward(cell: Cell, x, layers, state, masks):
+    """x (T, B, D), or (T, B) ids; layers from ``layer_weights``; state a tuple of (K, B, H)
+    arrays; masks per layer. Returns y (T, B, dirs·H), the final state (a tuple as ``state``),
+    and per layer, per direction, the caches."""
+    state_n, caches, inputs = tuple(np.empty_like(s) for s in state), [], x
     for k, directions in enumerate(layers):
         if masks[k] is not None:
             inputs = inputs * masks[k]  # (T, B, dirs·H)
         outputs, caches_k = [], []
         for d, weights in enumerate(directions):
             row = k * len(directions) + d
-            sequence = inputs if d == 0 else inputs[::-1]  # the reverse direction reads T..1
-            y, h_n[row], cache = cell.forward(sequence, weights, h0[row])
+            sequence = inputs if d == 0 else np.ascontiguousarray(inputs[::-1])  # read T..1
+            y, last, cache = cell.forward(sequence, weights, tuple(s[row] for s in state))
+            for whole, part in zip(state_n, last, strict=True):
+                whole[row] = part
             outputs.append(y if d == 0 else y[::-1])  # (T, B, H), in time order
             caches_k.append(cache)
-        inputs = np.concatenate(outputs, axis=-1)  # (T, B, dirs·H)
-        caches.append(tuple(caches_k))
-    return inputs, h_n, tuple(caches)
+        inputs = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+        caches.append(tuple(caches_k))  # inputs: (T, B, dirs·H)
+    return inputs, state_n, tuple(caches)
 
 
-def stack_backward(cell: Cell, dy, caches, layers, dh_n, masks, grads):
-    """dy (T, B, dirs·H); dh_n (K, B, H) or None; grads as ``layers``, written into.
-    Returns dx (T, B, D) (None for ids) and dh_0 (K, B, H)."""
+def stack_backward(cell: Cell, dy, caches, layers, dstate_n, masks, grads):
+    """dy (T, B, dirs·H); dstate_n a tuple of (K, B, H) arrays, or None; grads as ``layers``,
+    written into. Returns dx (T, B, D) (None for ids) and dstate_0 (a tuple of (K, B, H))."""
     dirs, hidden = len(layers[0]), layers[0][0].weight_hh.shape[1]
-    dh_0 = np.empty((len(layers) * dirs, dy.shape[1], hidden), dtype=dy.dtype)  # (K, B, H)
+    dstate_0 = None
     for k in reversed(range(len(layers))):
         dx = None
         for d, weights in enumerate(layers[k]):
             row = k * dirs + d
             dy_d = dy[..., d * hidden : (d + 1) * hidden]  # (T, B, H) this direction's part
             dy_d = np.ascontiguousarray(dy_d if d == 0 else dy_d[::-1])
-            dh_row = None if dh_n is None else dh_n[row]
-            dx_d, dh_0[row], _ = cell.backward(dy_d, caches[k][d], weights, dh_row, grads[k][d])
+            dlast = None if dstate_n is None else tuple(s[row] for s in dstate_n)
+            dx_d, dfirst, _ = cell.backward(dy_d, caches[k][d], weights, dlast, grads[k][d])
+            if dstate_0 is None:  # (K, B, H) each
+                dstate_0 = tuple(np.empty((len(layers) * dirs, *g.shape), g.dtype) for g in dfirst)
+            for whole, part in zip(dstate_0, dfirst, strict=True):
+                whole[row] = part
             if dx_d is not None:  # both directions read the same input: their dx add up
                 dx_d = dx_d if d == 0 else dx_d[::-1]
                 dx = dx_d if dx is None else dx + dx_d
         if masks[k] is not None:
             dx *= masks[k]  # (T, B, dirs·H) back through the dropout of layer k's input
         dy = dx
-    return dy, dh_0
+    return dy, dstate_0
+
+
+def one_state(forward, backward) -> tuple:
+    """Layer functions of a single state h (GRU, RNN) as a ``Cell``'s, of state tuples."""
+
+    def cell_forward(x, weights, state):
+        y, h_n, cache = forward(x, weights, state[0])
+        return y, (h_n,), cache
+
+    def cell_backward(dy, cache, weights, dstate, grads):
+        dx, dh_0, grads = backward(dy, cache, weights, None if dstate is None else dstate[0], grads)
+        return dx, (dh_0,), grads
+
+    return cell_forward, cell_backward
 
 
 class Recurrent:
-    """What GRU and RNN share: torch.nn's constructor, parameter names and shapes, and the
-    stacked, bidirectional, batch-first forward and backward over ``self.cell``."""
+    """What LSTM, GRU and RNN share: torch.nn's constructor, parameter names and shapes, and the
+    stacked, bidirectional, batch-first forward and backward over ``self.cell``. A subclass
+    sets ``cell`` and ``state_size`` (2: the LSTM's (h, c); 1: h alone, given and returned
+    as an array)."""
 
     cell: Cell
+    state_size = 1
 
     def __init__(
         self,
@@ -150,9 +181,13 @@ class Recurrent:
         self.params = FlatParams(shapes, dtype)
         self.layers = layer_weights(self.params, self.num_layers, self.directions)
         self.rng = np.random.default_rng(seed)
-        for array in self.params.arrays.values():  # torch's default: U(-1/√H, 1/√H)
-            array[...] = init.pytorch_default(self.rng, array.shape, hidden_size, dtype)
+        self.initialise()
         self.training = True
+
+    def initialise(self) -> None:
+        """torch's default: every weight and bias U(-1/√H, 1/√H)."""
+        for array in self.params.arrays.values():
+            array[...] = init.pytorch_default(self.rng, array.shape, self.hidden_size, self.dtype)
 
     def train(self, mode: bool = True):
         """Dropout on (the default)."""
@@ -169,40 +204,52 @@ class Recurrent:
     def load_state_dict(self, state) -> None:
         self.params.load_state_dict(state)
 
-    def zero_state(self, batch: int) -> np.ndarray:
+    def zero_state(self, batch: int):
+        """Zeros for every state array, (K, B, H) each: h, or (h, c) for the LSTM."""
         shape = (self.num_layers * self.directions, batch, self.hidden_size)  # (K, B, H)
-        return np.zeros(shape, dtype=self.dtype)
+        zeros = tuple(np.zeros(shape, dtype=self.dtype) for _ in range(self.state_size))
+        return self._public(zeros)
 
     def forward(self, x, state=None, *, rng: np.random.Generator | None = None):
         """x (T, B, D) floats, or (T, B) integer ids in [0, D) meaning one-hot rows; (B, T, …)
-        when batch_first. state h_0 (K, B, H), or None for zeros.
+        when batch_first. state: h_0 (K, B, H) ((h_0, c_0) for the LSTM), or None for zeros.
 
-        Returns y (T, B, dirs·H) ((B, T, dirs·H) when batch_first), h_n (K, B, H), and the
-        cache. Dropout masks are drawn from ``rng`` when given, else from the model's own."""
+        Returns y (T, B, dirs·H) ((B, T, dirs·H) when batch_first), the final state shaped as
+        ``state``, and the cache. Dropout masks are drawn from ``rng`` when given, else from the
+        model's own generator."""
         x = self._time_first(self._checked_input(np.asarray(x)))  # (T, B, …)
-        h0 = self.zero_state(x.shape[1]) if state is None else self._checked_state(state, x)
+        x = np.ascontiguousarray(x)  # a copy only when batch_first
+        state = self.zero_state(x.shape[1]) if state is None else state
+        state = self._checked_state(state, x.shape[1])
         masks = (None,) * self.num_layers
         if self.training and self.dropout > 0:
             shape = (*x.shape[:2], self.directions * self.hidden_size)  # (T, B, dirs·H)
             masks = layer_dropout_masks(
                 self.rng if rng is None else rng, self.num_layers, shape, self.dropout, self.dtype
             )
-        y, h_n, caches = stack_forward(self.cell, x, self.layers, h0, masks)
-        cache = StackCache(caches, tuple(masks), self.batch_first)
-        return self._time_first(y), h_n, cache
+        y, state_n, caches = stack_forward(self.cell, x, self.layers, state, masks)
+        cache = RecurrentCache(caches, tuple(masks), self.batch_first)
+        return self._time_first(y), self._public(state_n), cache
 
-    def backward(self, dy, cache: StackCache, dstate=None):
-        """dy shaped as forward's y; dstate dh_n (K, B, H) or None.
+    def backward(self, dy, cache: RecurrentCache, dstate=None):
+        """dy shaped as forward's y; dstate shaped as its final state, or None for zeros.
 
-        Returns dx shaped as forward's x (None for ids), dh_0 (K, B, H), and grads: a dict
-        with state_dict()'s keys and shapes (views into one flat gradient buffer)."""
+        Returns dx shaped as forward's x (None for ids), the initial state's gradient shaped as
+        the state, and grads: a dict with state_dict()'s keys and shapes (views into one flat
+        gradient buffer)."""
         grads = self.params.zeros_like()
         dy = self._time_first(np.asarray(dy, dtype=self.dtype))  # (T, B, dirs·H)
+        dstate = None if dstate is None else self._checked_state(dstate, dy.shape[1])
         grad_layers = layer_weights(grads, self.num_layers, self.directions)
-        dx, dh_0 = stack_backward(
+        dx, dstate_0 = stack_backward(
             self.cell, dy, cache.layers, self.layers, dstate, cache.masks, grad_layers
         )
-        return (None if dx is None else self._time_first(dx)), dh_0, grads.arrays
+        dx = None if dx is None else self._time_first(dx)
+        return dx, self._public(dstate_0), grads.arrays
+
+    def _public(self, state: tuple):
+        """A state tuple as the API gives it: the array itself where there is one."""
+        return state[0] if self.state_size == 1 else state
 
     def _time_first(self, array):
         """(B, T, …) <-> (T, B, …) when batch_first (a view), else the array itself."""
@@ -219,12 +266,17 @@ class Recurrent:
             raise ValueError(f"x has dtype {x.dtype} but the weights are {self.dtype}")
         return x
 
-    def _checked_state(self, state, x):
-        expected = self.zero_state(x.shape[1]).shape  # (K, B, H)
-        state = np.asarray(state)
-        if state.shape != expected:
-            raise ValueError(f"state must have shape {expected} (K, B, H), got {state.shape}")
-        return state.astype(self.dtype, copy=False)
+    def _checked_state(self, state, batch: int) -> tuple:
+        """``state`` as a tuple of (K, B, H) arrays of the model's dtype, or a ValueError."""
+        expected = (self.num_layers * self.directions, batch, self.hidden_size)  # (K, B, H)
+        parts = (state,) if self.state_size == 1 else state
+        if self.state_size > 1 and (not isinstance(parts, tuple | list) or len(parts) != 2):
+            raise ValueError("the state must be a pair (h, c), each (K, B, H)")
+        parts = tuple(np.asarray(part) for part in parts)
+        for part in parts:
+            if part.shape != expected:
+                raise ValueError(f"state must have shape {expected} (K, B, H), got {part.shape}")
+        return tuple(part.astype(self.dtype, copy=False) for part in parts)
 
 
 class GRU(Recurrent):
@@ -236,7 +288,7 @@ class GRU(Recurrent):
     >>> dx, dh_0, grads = gru.backward(np.ones_like(y), cache)
     """
 
-    cell = Cell(3, gru_forward, gru_backward)
+    cell = Cell(3, *one_state(gru_forward, gru_backward))
 
 
 class RNN(Recurrent):
@@ -246,5 +298,5 @@ class RNN(Recurrent):
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
         self.nonlinearity = check_nonlinearity(nonlinearity)
         forward = functools.partial(rnn_forward, nonlinearity=nonlinearity)
-        self.cell = Cell(1, forward, rnn_backward)
+        self.cell = Cell(1, *one_state(forward, rnn_backward))
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
