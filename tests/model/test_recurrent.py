@@ -13,20 +13,25 @@ from lstm_scratch.model.lstm import LSTM
 from lstm_scratch.model.recurrent import GRU, RNN
 from lstm_scratch.reference.ops import one_hot
 
-KINDS = ["lstm-numpy", "lstm-numba", "gru", "rnn-tanh", "rnn-relu"]
+KINDS = [
+    f"{cell}-{backend}"
+    for cell in ("lstm", "gru", "rnn-tanh", "rnn-relu")
+    for backend in ("numpy", "numba")
+]
 
 
 def make_pair(kind, D, H, L, dtype, seed=0, **options):
     """Ours and torch's, the same random weights (biases too) in both."""
-    if kind == "gru":
-        ours, theirs = GRU(D, H, L, dtype=dtype, **options), torch.nn.GRU(D, H, L, **options)
-    elif kind.startswith("lstm"):
-        backend = kind.split("-")[1]
+    cell, backend = kind.rsplit("-", 1)
+    if cell == "gru":
+        ours = GRU(D, H, L, dtype=dtype, backend=backend, **options)
+        theirs = torch.nn.GRU(D, H, L, **options)
+    elif cell == "lstm":
         ours = LSTM(D, H, L, dtype=dtype, backend=backend, **options)
         theirs = torch.nn.LSTM(D, H, L, **options)
     else:
-        nonlinearity = kind.split("-")[1]
-        ours = RNN(D, H, L, nonlinearity=nonlinearity, dtype=dtype, **options)
+        nonlinearity = cell.split("-")[1]
+        ours = RNN(D, H, L, nonlinearity=nonlinearity, dtype=dtype, backend=backend, **options)
         theirs = torch.nn.RNN(D, H, L, nonlinearity=nonlinearity, **options)
     rng = np.random.default_rng(seed)
     ours.load_state_dict({k: rng.normal(0, 0.6, v.shape) for k, v in ours.state_dict().items()})

@@ -94,3 +94,23 @@ def linear_input_grad(name: str = "auto"):
     from lstm_scratch.reference.ops import linear_input_grad
 
     return linear_input_grad
+
+
+def gru_functions(name: str = "auto") -> tuple:
+    """(gru_forward, gru_backward) of the chosen backend, with the signatures of
+    ``reference/gru.py``: ``fast.gru_rnn`` (the whole time loop compiled, at every size) for
+    numba."""
+    if resolve(name) == "numba":
+        from lstm_scratch.fast import gru_rnn as module
+    else:
+        from lstm_scratch.reference import gru as module
+    return module.gru_forward, module.gru_backward
+
+
+def rnn_functions(name: str = "auto") -> tuple:
+    """(rnn_forward, rnn_backward) of the chosen backend, as ``gru_functions``."""
+    if resolve(name) == "numba":
+        from lstm_scratch.fast import gru_rnn as module
+    else:
+        from lstm_scratch.reference import rnn as module
+    return module.rnn_forward, module.rnn_backward

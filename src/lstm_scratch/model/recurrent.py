@@ -17,12 +17,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lstm_scratch.model import backend as backends
 from lstm_scratch.reference import init
 from lstm_scratch.reference.cell import LayerWeights
-from lstm_scratch.reference.gru import gru_backward, gru_forward
 from lstm_scratch.reference.ops import dropout_mask
 from lstm_scratch.reference.params import FlatParams
-from lstm_scratch.reference.rnn import check_nonlinearity, rnn_backward, rnn_forward
+from lstm_scratch.reference.rnn import check_nonlinearity
 
 
 class Cell(NamedTuple):
@@ -281,22 +281,37 @@ class Recurrent:
 
 class GRU(Recurrent):
     """A multi-layer GRU with torch.nn.GRU's constructor, parameter names and equations (gates
-    r, z, n; ``reference/gru.py``), in NumPy.
+    r, z, n; ``reference/gru.py``), in NumPy, on the compiled path where numba is installed
+    (``backend``: "auto", "numba" or "numpy", a keyword beyond torch's arguments).
 
     >>> gru = GRU(input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
     >>> y, h_n, cache = gru.forward(np.zeros((5, 3, 8), dtype=np.float32))
     >>> dx, dh_0, grads = gru.backward(np.ones_like(y), cache)
     """
 
-    cell = Cell(3, *one_state(gru_forward, gru_backward))
+    def __init__(self, input_size, hidden_size, num_layers=1, *args, backend="auto", **kwargs):
+        self.backend = backend
+        self.cell = Cell(3, *one_state(*backends.gru_functions(backend)))
+        super().__init__(input_size, hidden_size, num_layers, *args, **kwargs)
 
 
 class RNN(Recurrent):
     """A multi-layer Elman RNN with torch.nn.RNN's constructor (``nonlinearity`` "tanh" or
-    "relu"), parameter names and equations (``reference/rnn.py``), in NumPy."""
+    "relu"), parameter names and equations (``reference/rnn.py``), in NumPy, on the compiled
+    path where numba is installed (``backend``, as ``GRU``'s)."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
-        self.nonlinearity = check_nonlinearity(nonlinearity)
-        forward = functools.partial(rnn_forward, nonlinearity=nonlinearity)
-        self.cell = Cell(1, *one_state(forward, rnn_backward))
-        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="tanh",
+        *args,
+        backend="auto",
+        **kwargs,
+    ):
+        self.nonlinearity, self.backend = check_nonlinearity(nonlinearity), backend
+        forward, backward = backends.rnn_functions(backend)
+        forward = functools.partial(forward, nonlinearity=nonlinearity)
+        self.cell = Cell(1, *one_state(forward, backward))
+        super().__init__(input_size, hidden_size, num_layers, *args, **kwargs)
