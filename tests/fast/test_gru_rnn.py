@@ -11,8 +11,9 @@ from lstm_scratch.reference import gru, rnn
 from lstm_scratch.reference.cell import LayerWeights
 
 # (T, B, D, H): one row and a narrow panel; more rows than one kernel call holds and several
-# panels (H 40: 120 gate columns); units beyond two panels of float32
-SHAPES = [(6, 1, 3, 5), (5, 13, 4, 40), (3, 2, 5, 70)]
+# panels (H 40: 120 gate columns); units beyond two panels of float32; a large step, which
+# runs on lanes by rows (B·4H·H > host.SMALL_STEP)
+SHAPES = [(6, 1, 3, 5), (5, 13, 4, 40), (3, 2, 5, 70), (3, 20, 5, 130)]
 LAYERS = {
     "gru": (3, gru.gru_forward, gru.gru_backward, fast.gru_forward, fast.gru_backward),
     "rnn-tanh": (1, rnn.rnn_forward, rnn.rnn_backward, fast.rnn_forward, fast.rnn_backward),
@@ -57,3 +58,18 @@ def test_compiled_layer_equals_the_reference(kind, shape, dtype, tolerance, ids)
     for name, value in actual.items():
         assert value.dtype == dtype, name
         assert rel_error(value, expected[name]) < tolerance, name
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_the_same_bits_on_one_lane_and_on_two(kind, monkeypatch):
+    """A large step split by rows over two lanes, and run on one: equal to the bit (the
+    reference test above holds either to the math)."""
+    _, _, _, fast_forward, fast_backward = LAYERS[kind]
+    shape = (3, 20, 5, 130)
+    assert not fast.is_small_step(shape[1], shape[3])
+    monkeypatch.setattr(fast, "step_lanes", lambda: 2)
+    two = run(kind, fast_forward, fast_backward, shape, np.float32, False)
+    monkeypatch.setattr(fast, "step_lanes", lambda: 1)
+    one = run(kind, fast_forward, fast_backward, shape, np.float32, False)
+    for name, value in two.items():
+        assert np.array_equal(value, one[name]), name
