@@ -66,8 +66,10 @@ def test_workers_do_the_work_they_report():
         assert chars % 7 == 0 and chars >= 21
     for task in ("engine-dense", "engine-ids"):
         for name in ("scratch", "torch"):
-            steps, seconds = bench_workers.WORKERS[task, name](tiny, 0.0)
-            assert steps >= 3 and seconds > 0
+            for cell in ("lstm", "gru", "rnn"):
+                config = dict(tiny, cell=cell)
+                steps, seconds = bench_workers.WORKERS[task, name](config, 0.0)
+                assert steps >= 3 and seconds > 0
 
 
 @pytest.mark.slow
@@ -146,3 +148,26 @@ def test_report_prints_the_round_by_round_ratios():
         },
     }
     assert "ratio 1.40x; round by round 1.30x (1.20-1.50)" in bench.format_report(report)
+
+
+def test_a_gru_engine_run_names_its_entries_by_the_cell(tmp_path):
+    out = tmp_path / "engine.json"
+    argv = ["bench", "--engine", "--cell", "gru", "--quick", "--configs", "a", "--seconds", "0.05"]
+    assert main([*argv, "--no-torch", "--json", str(out)]) == 0
+    engine = json.loads(out.read_text())["engine"]
+    assert set(engine) == {
+        f"gru a {kind}, {order}"
+        for kind in ("dense", "ids")
+        for order in ("lstm_scratch first", "numpy first")
+    }
+    assert all(entry["config"]["cell"] == "gru" for entry in engine.values())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--engine", "--cell", "lstm2"], "unknown cell 'lstm2'"), (["--cell", "gru"], "--engine")],
+)
+def test_a_bad_cell_is_one_line(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

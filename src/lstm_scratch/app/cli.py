@@ -161,6 +161,11 @@ def _bench_arguments(p: Parser) -> None:
         action="store_true",
         help="the LSTM alone, forward + backward, dense input and ids, in both import orders",
     )
+    p.add_argument(
+        "--cell",
+        default="lstm",
+        help="with --engine: the layer timed, lstm, gru or rnn (default lstm)",
+    )
     p.add_argument("--configs", default="", help="a,b,c,d (default: all)")
     for name in ("hidden", "batch", "seq-len", "layers", "vocab"):
         p.add_argument(f"--{name}", type=int, default=None, help="adds a custom config")
@@ -331,6 +336,7 @@ def cmd_bench(args) -> int:
         args.seconds,
         torch=not args.no_torch,
         engine=args.engine,
+        cell=args.cell,
     )
     report = bench.run_bench(options, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_report(report))

@@ -46,6 +46,7 @@ class BenchConfig:
     optimizer: str = "adam"
     threads: int = 2
     sample_length: int = 200
+    cell: str = "lstm"  # the engine's layer: lstm, gru, rnn (tanh)
 
     def train_flops_per_char(self) -> float:
         """Multiply-adds × 2 per character for forward + backward (backward ≈ 2× forward)."""
@@ -57,6 +58,7 @@ class BenchConfig:
         return 2 * 3 * forward
 
 
+CELLS = ("lstm", "gru", "rnn")
 CONFIGS = {
     "a": BenchConfig("a", hidden=25, vocab=32, batch=1, seq_len=865),
     "b": BenchConfig("b", hidden=128, vocab=65, batch=32, seq_len=64),
@@ -78,6 +80,7 @@ class BenchOptions:
     notebook: bool = True
     quick: bool = False
     engine: bool = False  # the LSTM alone (run_engine) instead of the character model
+    cell: str = "lstm"  # the engine's layer: lstm, gru or rnn (tanh), against torch.nn's
 
 
 def quick_options() -> BenchOptions:
@@ -95,6 +98,7 @@ def make_options(
     seconds=None,
     torch=True,
     engine=False,
+    cell="lstm",
 ) -> BenchOptions:
     """Options from the command line. ``configs``: names from CONFIGS, comma-separated (all when
     empty); ``custom``: hidden / batch / seq_len / layers / vocab for one more configuration."""
@@ -120,7 +124,11 @@ def make_options(
         if not 0 < seconds < 3600:
             raise ConfigError(f"--seconds must be in (0, 3600), got {seconds}")
         options.seconds = seconds
-    options.torch, options.engine = torch, engine
+    if cell not in CELLS:
+        raise ConfigError(f"unknown cell {cell!r}: choose from {', '.join(CELLS)}")
+    if cell != "lstm" and not engine:
+        raise ConfigError("--cell times the layer alone: give it with --engine")
+    options.torch, options.engine, options.cell = torch, engine, cell
     return options
 
 
@@ -293,11 +301,12 @@ ORDERS = {"scratch": "lstm_scratch first", "scratch" + NUMPY_FIRST: "numpy first
 
 
 def run_engine(options: BenchOptions, use_torch: bool, log) -> dict:
-    """The public LSTM alone, forward + backward, against torch.nn.LSTM, on dense input and on
-    ids, each with lstm_scratch or NumPy imported first: one entry per configuration, input
-    and import order, each with the torch runs of its rounds."""
-    entries = {}
-    for config in options.configs:
+    """The public LSTM (or GRU, or RNN: ``options.cell``) alone, forward + backward, against
+    torch.nn's, on dense input and on ids, each with lstm_scratch or NumPy imported first: one
+    entry per configuration, input and import order, each with the torch runs of its rounds.
+    Entries of another cell than the LSTM start with its name ("gru d dense, numpy first")."""
+    entries, prefix = {}, "" if options.cell == "lstm" else f"{options.cell} "
+    for config in (dataclasses.replace(c, cell=options.cell) for c in options.configs):
         for kind in ("dense", "ids"):
             impls = [*ORDERS, "torch"] if use_torch else [*ORDERS]
             results = measure(f"engine-{kind}", impls, config, options.rounds, options.seconds, log)
@@ -305,7 +314,7 @@ def run_engine(options: BenchOptions, use_torch: bool, log) -> dict:
                 pair = {"scratch": results[impl]} | (
                     {"torch": results["torch"]} if use_torch else {}
                 )
-                entries[f"{config.name} {kind}, {order}"] = {
+                entries[f"{prefix}{config.name} {kind}, {order}"] = {
                     "config": dataclasses.asdict(config),
                     "results": pair,
                     "ratio": ratio_to_torch(pair),

@@ -72,12 +72,18 @@ def train_scratch(c: dict, seconds: float):
         return _timed(step, seconds)
 
 
-def _torch_model(c: dict, mkldnn: bool):
+def _torch_threads(c: dict, mkldnn: bool):
+    """torch, set to c["threads"] threads, oneDNN on or off, seeded."""
     import torch
 
     torch.set_num_threads(c["threads"])
     torch.backends.mkldnn.enabled = mkldnn
     torch.manual_seed(0)
+    return torch
+
+
+def _torch_model(c: dict, mkldnn: bool):
+    torch = _torch_threads(c, mkldnn)
     lstm = torch.nn.LSTM(c["vocab"], c["hidden"], c["layers"])
     head = torch.nn.Linear(c["hidden"], c["vocab"])
     return torch, lstm, head
@@ -148,24 +154,27 @@ def _engine_data(c: dict, ids: bool):
 
 
 def engine_scratch(c: dict, seconds: float, ids: bool):
-    """The public ``LSTM`` as a library user calls it: forward, then backward (dx for dense
-    input, none for ids), with BLAS's own thread count."""
-    from lstm_scratch.model.lstm import LSTM  # what ``from lstm_scratch import LSTM`` gives
+    """The public ``LSTM`` (``GRU``, ``RNN``: c["cell"]) as a library user calls it: forward,
+    then backward (dx for dense input, none for ids), with BLAS's own thread count."""
+    from lstm_scratch.model import lstm, recurrent  # what ``from lstm_scratch import …`` gives
 
-    lstm = LSTM(ENGINE_INPUT, c["hidden"], c["layers"], dtype=np.float32, seed=0)
+    kinds = {"lstm": lstm.LSTM, "gru": recurrent.GRU, "rnn": recurrent.RNN}
+    layer = kinds[c.get("cell", "lstm")](ENGINE_INPUT, c["hidden"], c["layers"], seed=0)
     x, dy = _engine_data(c, ids)
 
     def step():
-        _, _, cache = lstm.forward(x)
-        lstm.backward(dy, cache)
+        _, _, cache = layer.forward(x)
+        layer.backward(dy, cache)
 
     return _timed(step, seconds)
 
 
 def engine_torch(c: dict, seconds: float, ids: bool):
-    """torch.nn.LSTM forward, then backward: for dense input with dx, as ours; for ids, their
-    one-hot rows as float input, without dx (torch has no ids input)."""
-    torch, lstm, _ = _torch_model(dict(c, vocab=ENGINE_INPUT), mkldnn=True)
+    """torch.nn.LSTM (GRU, RNN) forward, then backward: for dense input with dx, as ours; for
+    ids, their one-hot rows as float input, without dx (torch has no ids input)."""
+    torch = _torch_threads(c, mkldnn=True)
+    kinds = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+    layer = kinds[c.get("cell", "lstm")](ENGINE_INPUT, c["hidden"], c["layers"])
     x, dy = (torch.from_numpy(a) for a in _engine_data(c, ids))
     if ids:
         x = torch.nn.functional.one_hot(x, ENGINE_INPUT).float()  # (T, B, D)
@@ -173,9 +182,9 @@ def engine_torch(c: dict, seconds: float, ids: bool):
         x.requires_grad_(True)
 
     def step():
-        lstm.zero_grad(set_to_none=True)
+        layer.zero_grad(set_to_none=True)
         x.grad = None
-        y, _ = lstm(x)
+        y, _ = layer(x)
         y.backward(dy)
 
     return _timed(step, seconds)
