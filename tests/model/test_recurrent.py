@@ -164,6 +164,13 @@ def test_every_gradient_matches_central_differences_with_dropout(kind):
     assert max(errors.values()) < 1e-6, errors
 
 
+def backward_with(model, dy_shape):
+    """The model's backward for an input of (2, 1, input_size) given a dy of ``dy_shape``."""
+    order = (1, 2) if model.batch_first else (2, 1)
+    _, _, cache = model.forward(np.zeros((*order, model.input_size), np.float32))
+    return model.backward(np.zeros(dy_shape, np.float32), cache)
+
+
 @pytest.mark.parametrize(
     ("make", "call", "message"),
     [
@@ -192,6 +199,13 @@ def test_every_gradient_matches_central_differences_with_dropout(kind):
             "(2, 1, 3)",
         ),
         (lambda: LSTM(4, 3, bias=False, forget_bias=1.0), None, "bias=True"),
+        (
+            lambda: GRU(4, 3),
+            lambda m: m.forward(np.zeros((2, 1, 4), np.float32), np.zeros((1, 1, 3))),
+            "dtype float64",
+        ),
+        (lambda: GRU(4, 3, bidirectional=True), lambda m: backward_with(m, (2, 1, 3)), "(2, 1, 6)"),
+        (lambda: RNN(4, 3, batch_first=True), lambda m: backward_with(m, (2, 1, 3)), "(1, 2, 3)"),
         (lambda: GRU(4, 0), None, "hidden_size"),
     ],
 )
@@ -199,3 +213,12 @@ def test_bad_input_names_what_was_expected(make, call, message):
     with pytest.raises(ValueError) as error:
         call(make()) if call else make()
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.endswith("numba")])
+def test_large_steps_match_torch(kind):
+    """A step large enough for the compiled lanes (B·4H·H > host.SMALL_STEP): the LSTM's lanes by
+    rows, the GRU's and RNN's split of rows, both directions, batch first."""
+    options = {"bidirectional": True, "batch_first": True}
+    errors = compare(kind, 3, 26, 5, 130, 1, np.float64, **options)
+    assert max(errors.values()) < 1e-10, errors

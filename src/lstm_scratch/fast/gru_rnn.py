@@ -1,6 +1,7 @@
 """The GRU's and the plain RNN's compiled layers: the same equations, shapes and caches as
 ``reference/gru.py`` and ``reference/rnn.py`` (tests hold them to those), each layer's whole
-time loop one numba call on one thread.
+time loop compiled: one numba call on one thread for small steps, one per lane for large ones,
+each lane its own rows of the batch (``_by_rows``).
 
 Each step's recurrent product goes through ``kernel.py``'s register kernel over W_hh packed
 once per call, as the LSTM's small steps do; the gate arithmetic uses ``fused.py``'s
@@ -10,8 +11,6 @@ after it. Letters: T time, B batch, D input, H hidden, G the stacked pre-activat
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from lstm_scratch.fast.kernel import (
     pack_columns,
     panel_width,
 )
+from lstm_scratch.fast.sync import run_lanes
 from lstm_scratch.reference.cell import LayerWeights
 from lstm_scratch.reference.gru import GRUCache
 from lstm_scratch.reference.recurrent import hidden_grads, input_grads, project_inputs
@@ -55,22 +55,7 @@ def _by_rows(loop, batch, hidden, *args):
     the same whatever the split: the same bits on any number of lanes."""
     count = 1 if is_small_step(batch, hidden) else max(1, min(step_lanes(), batch // ROWS))
     bounds = [k * batch // count for k in range(count + 1)]
-    errors = []
-
-    def lane(k):
-        try:
-            loop(*args, bounds[k], bounds[k + 1])
-        except BaseException as error:  # raised here once every lane is done
-            errors.append(error)
-
-    threads = [threading.Thread(target=lane, args=(k,)) for k in range(1, count)]
-    for thread in threads:
-        thread.start()
-    lane(0)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    run_lanes(lambda k: loop(*args, bounds[k], bounds[k + 1]), count)
 
 
 # ------------------------------------------------------------------------------------ the GRU

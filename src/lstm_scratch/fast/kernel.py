@@ -11,8 +11,8 @@ host (``host.kernel_isa``: 256-bit, or 512-bit with AVX-512). On one thread, flo
 Packing the weights into panels once per layer call is what BLAS would redo on every step's
 small GEMM.
 
-The compiled functions here are inlined into ``lanes.py`` and ``fused.py``; an edit here
-recompiles those too (``jit.cached_njit``).
+The compiled functions here are inlined into ``lanes.py``, ``fused.py`` and ``gru_rnn.py``; an
+edit here recompiles those too (``jit.cached_njit``).
 """
 
 from __future__ import annotations

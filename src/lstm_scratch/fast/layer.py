@@ -25,7 +25,6 @@ gradient (dense), instead of more passes over dgates.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from typing import NamedTuple
 
@@ -265,24 +264,16 @@ def _run_lanes(kernel, bounds, packed, *args):
     Returns each lane's busy seconds (the call's, less its waits) and the work it reported."""
     count = len(bounds) - 1
     flags = np.zeros((sync.FLAG_ROWS, count), dtype=np.int64)  # see sync.py
-    errors = []
 
     def lane(k):
         try:
             kernel(k, bounds[k], bounds[k + 1], packed[k], *args, flags)
-        except BaseException as error:  # let the other lanes finish, then raise it here
+        except BaseException:  # release the others from the barrier
             flags[sync.BARRIER] = sync.FAILED
-            errors.append(error)
+            raise
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=lane, args=(k,)) for k in range(1, count)]
-    for thread in threads:
-        thread.start()
-    lane(0)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    sync.run_lanes(lane, count)
     busy = np.maximum(time.perf_counter() - start - flags[sync.WAITED] * 1e-9, 1e-9)  # (lanes,)
     return busy, flags[sync.WORK].astype(np.float64)
 

@@ -25,6 +25,7 @@ The compiled functions here are inlined into ``lanes.py``; an edit here recompil
 
 from __future__ import annotations
 
+import threading
 import time
 
 from llvmlite import ir
@@ -33,6 +34,28 @@ from numba.extending import intrinsic
 
 from lstm_scratch.fast.jit import cached_njit
 from lstm_scratch.fast.kernel import _pointer
+
+
+def run_lanes(lane, count: int) -> None:
+    """lane(k) for k = 0…count-1, each on a thread of its own, lane 0 on this one (the compiled
+    lanes release the GIL). The first error a lane raised is raised here, once all are done."""
+    errors = []
+
+    def guarded(k):
+        try:
+            lane(k)
+        except BaseException as error:  # let the other lanes finish, then raise it here
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(1, count)]
+    for thread in threads:
+        thread.start()
+    guarded(0)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
 
 SPIN_BEFORE_YIELD = 2000  # polls before each further poll also yields the core
 # rows of flags, each one int64 per lane: the barrier's step, ns waited, work done (row-steps

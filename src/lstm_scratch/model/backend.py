@@ -1,7 +1,7 @@
-"""The choice of backend: which code runs an LSTM layer's time loop and the loss. Each provides
-``lstm_forward`` / ``lstm_backward`` for one layer with the signatures of
+"""The choice of backend: which code runs a layer's time loop (LSTM, GRU, RNN) and the loss.
+Each provides ``lstm_forward`` / ``lstm_backward`` for one layer with the signatures of
 ``reference/cell.py`` (numba's backward takes one more, ``consume_cache``: see
-``layer_backward``):
+``layer_backward``), and the GRU's and RNN's layers (``gru_functions``, ``rnn_functions``):
 
 - "numpy": ``reference.cell``, the readable reference, one NumPy call per operation per step;
 - "numba": ``fast.layer`` around the compiled kernels of ``fast.fused`` and ``fast.lanes``, held

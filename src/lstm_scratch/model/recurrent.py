@@ -1,6 +1,7 @@
 """The recurrent family with torch.nn's API, stacked, bidirectional and batch-first: what
-``LSTM`` (``model/lstm.py``), ``GRU`` and ``RNN`` share, and the latter two over the
-reference's layers (``reference/gru.py``, ``reference/rnn.py``).
+``LSTM`` (``model/lstm.py``), ``GRU`` and ``RNN`` share, and the latter two, whose layers are
+the reference's (``reference/gru.py``, ``reference/rnn.py``) or their compiled twins
+(``fast/gru_rnn.py``) by ``backend``.
 
 Letters for shapes: T time, B batch, D input features, H hidden units, L layers, K = L·dirs
 (dirs 2 when bidirectional, else 1). A bidirectional layer runs a second layer of its own
@@ -238,13 +239,20 @@ class Recurrent:
         the state, and grads: a dict with state_dict()'s keys and shapes (views into one flat
         gradient buffer)."""
         grads = self.params.zeros_like()
-        dy = self._time_first(np.asarray(dy, dtype=self.dtype))  # (T, B, dirs·H)
+        dy = np.asarray(dy, dtype=self.dtype)
+        dy = np.swapaxes(dy, 0, 1) if cache.batch_first else dy  # (T, B, dirs·H)
+        first = cache.layers[0][0]  # layer 0's first direction: its h (T+1, B, H)
+        expected = (first.hs.shape[0] - 1, first.hs.shape[1], self.directions * self.hidden_size)
+        if dy.shape != expected:
+            order = "(B, T, dirs·H)" if cache.batch_first else "(T, B, dirs·H)"
+            shape = expected[1::-1] + expected[2:] if cache.batch_first else expected
+            raise ValueError(f"dy must have forward's y shape {shape} {order}, got {dy.shape}")
         dstate = None if dstate is None else self._checked_state(dstate, dy.shape[1])
         grad_layers = layer_weights(grads, self.num_layers, self.directions)
         dx, dstate_0 = stack_backward(
             self.cell, dy, cache.layers, self.layers, dstate, cache.masks, grad_layers
         )
-        dx = None if dx is None else self._time_first(dx)
+        dx = np.swapaxes(dx, 0, 1) if dx is not None and cache.batch_first else dx
         return dx, self._public(dstate_0), grads.arrays
 
     def _public(self, state: tuple):
@@ -276,7 +284,9 @@ class Recurrent:
         for part in parts:
             if part.shape != expected:
                 raise ValueError(f"state must have shape {expected} (K, B, H), got {part.shape}")
-        return tuple(part.astype(self.dtype, copy=False) for part in parts)
+            if part.dtype != self.dtype:
+                raise ValueError(f"the state has dtype {part.dtype} but the weights {self.dtype}")
+        return parts
 
 
 class GRU(Recurrent):
