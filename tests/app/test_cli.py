@@ -3,17 +3,20 @@
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from conftest import SMALL, assert_one_line_error, metrics, run, weights
 from lstm_scratch.app.cli import build_parser
+from lstm_scratch.model.data import HAMLET
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.config import TrainConfig
 from lstm_scratch.training.loading import load_model
@@ -91,7 +94,8 @@ def test_hamlet_preset_memorises_the_passage(capsys, tmp_path, seed):
     assert "Ground truth:" in out and "Predictions" in out and "sampled as the notebook did" in out
 
 
-def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_train_sample_eval_round_trip(capsys, tmp_path, text_file, cell):
     run_dir = tmp_path / "run"
     code, out, _ = run(
         capsys,
@@ -102,11 +106,16 @@ def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
         30,
         "--eval-every",
         10,
+        "--cell",
+        cell,
         "--out",
         run_dir,
         *SMALL,
     )
     assert code == 0, out
+    model, _, meta = load_model(run_dir)
+    assert model.config.cell == meta["train_config"]["cell"] == cell
+    assert {name.split(".")[0] for name in weights(run_dir)} == {"embedding", cell, "decoder"}
     assert {p.name for p in run_dir.iterdir()} >= {
         "model.safetensors",
         "train_state.safetensors",
@@ -139,8 +148,11 @@ def test_train_sample_eval_round_trip(capsys, tmp_path, text_file):
     assert "bits/char" in out and "perplexity" in out and "over 23 chars" in out
 
 
-def test_resume_gives_the_same_weights_bit_for_bit(capsys, tmp_path, text_file):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_resume_gives_the_same_weights_bit_for_bit(capsys, tmp_path, text_file, cell):
     options = [
+        "--cell",
+        cell,
         "--data",
         text_file,
         "--steps",
@@ -309,6 +321,12 @@ def test_short_text_adapts_and_says_so(capsys, tmp_path):
         (None, ["train", "--resume", "{tmp}"], ["model.safetensors"]),
         (None, ["train", "--epochs", "inf"], ["--epochs", "finite"]),
         (None, ["train", "--lr", "nan"], ["--lr"]),
+        (
+            None,
+            ["train", "--cell", "transformer"],
+            ["--cell", "'transformer'", "'lstm', 'gru', 'rnn'"],
+        ),
+        (None, ["train", "--cell", "gru", "--forget-bias", "1"], ["a gru has none"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, setup, args, fragments):
@@ -547,3 +565,25 @@ def test_a_full_disk_keeps_the_previous_checkpoint_whole(tmp_path, capsys, text_
     assert checkpoint.load_checkpoint(run_dir)[1]["step"] == 4
     assert checkpoint.load_train_state(run_dir)[1]["step"] == 4  # the same save: resumable
     assert not list(run_dir.glob(".*.tmp"))
+
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "lstm-run-before-cells"
+
+
+def test_a_run_saved_before_cells_existed_loads_samples_and_resumes(capsys, tmp_path):
+    """tests/fixtures/lstm-run-before-cells: a float64 LSTM run stopped at step 6 of 12 by the
+    code before --cell (its configs have no "cell"), and that code's unstopped run's step-12
+    weights. Today's code samples from it, scores it, and resumes it to those weights."""
+    run_dir, text = tmp_path / "run", tmp_path / "hamlet.txt"
+    shutil.copytree(FIXTURE, run_dir)
+    text.write_text(HAMLET, encoding="utf-8")
+    model, _, meta = load_model(run_dir)
+    assert "cell" not in meta["model"] and model.config.cell == "lstm"
+    code, out, _ = run(capsys, "sample", run_dir, "--prime", "to", "--length", 10, "--seed", 1)
+    assert code == 0 and len(out) == 13
+    assert run(capsys, "eval", run_dir, "--data", text)[0] == 0
+    assert run(capsys, "train", "--resume", run_dir, "--data", text, "--quiet")[0] == 0
+    resumed, expected = weights(run_dir), load_file(str(FIXTURE / "unstopped-step-12.safetensors"))
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_allclose(resumed[name], expected[name], rtol=1e-9, atol=1e-12)

@@ -24,8 +24,11 @@ from lstm_scratch.training.loading import load_model
 VOCAB = Vocab(list("abcdefghij"))
 
 
-def saved_model(folder, embed_size, dtype="float64"):
-    config = ModelConfig(10, hidden_size=7, num_layers=2, embed_size=embed_size, dtype=dtype)
+TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+def saved_model(folder, embed_size, dtype="float64", cell="lstm"):
+    config = ModelConfig(10, 7, 2, embed_size, dtype=dtype, cell=cell)
     model = CharLM(config, seed=3)
     rng = np.random.default_rng(1)  # random non-zero biases, including bias_hh
     model.params.load_state_dict(
@@ -37,12 +40,16 @@ def saved_model(folder, embed_size, dtype="float64"):
 
 
 def torch_logits(path, ids):
-    """docs/cli.md's loading code: nn.Embedding (or one-hot) + nn.LSTM + nn.Linear."""
+    """docs/cli.md's loading code: nn.Embedding (or one-hot) + nn.LSTM (nn.GRU, nn.RNN, by the
+    file's config) + nn.Linear."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     weights = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        cell = json.loads(f.metadata()["model"]).get("cell", "lstm")
     vocab_size, hidden = weights["decoder.weight"].shape
-    layers = sum(name.startswith("lstm.weight_ih_l") for name in weights)
+    layers = sum(name.startswith(f"{cell}.weight_ih_l") for name in weights)
     embedding = None
     if "embedding.weight" in weights:
         embedding = torch.nn.Embedding(*weights["embedding.weight"].shape).double()
@@ -50,19 +57,21 @@ def torch_logits(path, ids):
         input_size = weights["embedding.weight"].shape[1]
     else:
         input_size = vocab_size
-    lstm = torch.nn.LSTM(input_size, hidden, layers).double()
-    lstm.load_state_dict({k.removeprefix("lstm."): v for k, v in weights.items() if "lstm." in k})
+    layers = TORCH_CELLS[cell](input_size, hidden, layers).double()
+    prefix = f"{cell}."
+    layers.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if prefix in k})
     decoder = torch.nn.Linear(hidden, vocab_size).double()
     decoder.load_state_dict({"weight": weights["decoder.weight"], "bias": weights["decoder.bias"]})
     x = torch.from_numpy(ids)
     inputs = embedding(x) if embedding else torch.nn.functional.one_hot(x, vocab_size).double()
     with torch.no_grad():
-        return decoder(lstm(inputs)[0]).numpy()
+        return decoder(layers(inputs)[0]).numpy()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embed_size", [0, 5])
-def test_exported_weights_give_torch_our_logits(tmp_path, capsys, embed_size):
-    model = saved_model(tmp_path / "run", embed_size)
+def test_exported_weights_give_torch_our_logits(tmp_path, capsys, embed_size, cell):
+    model = saved_model(tmp_path / "run", embed_size, cell=cell)
     assert main(["export", str(tmp_path / "run"), "--to", "torch", str(tmp_path / "w.st")]) == 0
     ids = np.random.default_rng(0).integers(0, 10, (9, 3))  # (T, B)
     ours, _, _ = model.forward(ids)
@@ -70,13 +79,19 @@ def test_exported_weights_give_torch_our_logits(tmp_path, capsys, embed_size):
     assert np.abs(theirs - ours).max() <= 1e-10 * np.abs(ours).max()
 
 
-def test_import_round_trip_and_torch_made_file(tmp_path, capsys):
-    model = saved_model(tmp_path / "run", 4)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_import_round_trip(tmp_path, capsys, cell):
+    model = saved_model(tmp_path / "run", 4, cell=cell)
     main(["export", str(tmp_path / "run"), "--to", "torch", str(tmp_path / "w.st")])
     assert main(["import", str(tmp_path / "w.st"), "--out", str(tmp_path / "back")]) == 0
     back, vocab, _ = load_model(tmp_path / "back")
     assert vocab.to_json() == VOCAB.to_json()
+    assert back.config == model.config
+    assert back.params.state_dict().keys() == model.params.state_dict().keys()
     np.testing.assert_array_equal(back.params.flat, model.params.flat)
+
+
+def test_import_of_a_torch_made_file(tmp_path, capsys):
     # a file made by torch itself, with no vocabulary: the text supplies it
     torch.manual_seed(0)
     modules = {
@@ -137,18 +152,28 @@ FIRST_SEEN = list(dict.fromkeys(TEXT))  # another order, as a torch script's ito
 
 
 class TorchCharModel(torch.nn.Module):
-    """nn.Embedding (or one-hot) -> nn.LSTM -> nn.Linear, under the given attribute names."""
+    """nn.Embedding (or one-hot) -> nn.LSTM (or nn.GRU, nn.RNN) -> nn.Linear, under the given
+    attribute names."""
 
     def __init__(
-        self, names, embed=8, hidden=12, batch_first=False, lstm_bias=True, decoder_bias=True
+        self,
+        names,
+        embed=8,
+        hidden=12,
+        batch_first=False,
+        lstm_bias=True,
+        decoder_bias=True,
+        cell="lstm",
     ):
         super().__init__()
         self.names, self.batch_first, V = names, batch_first, len(SORTED)
         emb, rnn, dec = names
         if emb:
             setattr(self, emb, torch.nn.Embedding(V, embed))
-        lstm = torch.nn.LSTM(embed if emb else V, hidden, 2, lstm_bias, batch_first)
-        setattr(self, rnn, lstm)
+        layers = TORCH_CELLS[cell](
+            embed if emb else V, hidden, 2, bias=lstm_bias, batch_first=batch_first
+        )
+        setattr(self, rnn, layers)
         setattr(self, dec, torch.nn.Linear(hidden, V, bias=decoder_bias))
 
     def forward(self, ids):  # (T,) -> (T, V)
@@ -227,6 +252,7 @@ class Case:
     lstm_bias: bool = True
     nested: bool = False
     tied: bool = False
+    cell: str = "lstm"
 
 
 CASES = {
@@ -239,6 +265,11 @@ CASES = {
     "lstm-bias-false": Case(("emb", "lstm", "fc"), lstm_bias=False),
     "nested-model.rnn": Case(("encoder", "rnn", "decoder"), "--vocab-from", nested=True),
     "tied-save_model": Case(("encoder", "rnn", "decoder"), embed=12, tied=True),
+    "gru": Case(("embed", "gru", "fc"), "--vocab-from", cell="gru"),
+    "gru-nested-batch-first": Case(
+        ("encoder", "rnn", "decoder"), nested=True, batch_first=True, cell="gru"
+    ),
+    "rnn-one-hot-bias-false": Case((None, "rnn", "out"), lstm_bias=False, cell="rnn"),
 }
 
 
@@ -253,6 +284,7 @@ def test_torch_models_import_and_score_as_torch_does(tmp_path, capsys, case):
         lstm_bias=case.lstm_bias,
         nested=case.nested,
         tied=case.tied,
+        cell=case.cell,
     )
     weights = str(tmp_path / "model.safetensors")
     if case.tied:  # save_file refuses shared tensors; save_model keeps one, names both
@@ -262,6 +294,7 @@ def test_torch_models_import_and_score_as_torch_does(tmp_path, capsys, case):
     text, itos_file = write_inputs(tmp_path, itos)
     vocab_args = [case.vocab, itos_file if case.vocab == "--vocab" else text]
     assert main(["import", weights, "--out", str(tmp_path / "run"), *vocab_args]) == 0
+    assert load_model(tmp_path / "run")[0].config.cell == case.cell
     assert abs(our_loss(str(tmp_path / "run"), text, capsys) - torch_loss) <= 1e-5
 
 
@@ -286,13 +319,18 @@ def test_names_settle_what_the_shapes_leave_open(tmp_path, capsys):
         ("lstm=fc", "--names lstm=fc.: no fc.weight_ih_l0"),
         ("decoder=rnn", "the file has no rnn.weight"),
         ("decoder=fc,decoder=emb", "decoder is given twice"),
+        ("lstm=rnn,gru=rnn", "the recurrent layers are named twice"),
+        (
+            "gru=rnn",
+            "--names gru=rnn.: the LSTM 'rnn.' (2 layers, hidden 12, input 12) is not a gru",
+        ),
     ]:
         one_line_error([*args, "--names", names], capsys, fragment)
 
 
-def lstm_tensors(prefix="rnn.", **kwargs):
+def lstm_tensors(prefix="rnn.", module=torch.nn.LSTM, **kwargs):
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(**{"input_size": 8, "hidden_size": 12, "num_layers": 2, **kwargs})
+    lstm = module(**{"input_size": 8, "hidden_size": 12, "num_layers": 2, **kwargs})
     return {prefix + k: v.detach().numpy() for k, v in lstm.state_dict().items()}
 
 
@@ -312,7 +350,10 @@ def test_missing_parts_are_named_with_what_was_found(tmp_path, capsys):
             "found the LSTM '' (2 layers, hidden 12, input 8); "
             "no decoder: no (V, 12) weight with a (V,) bias",
         ),
-        "no-lstm": (head, "not a character model: no tensor is named as nn.LSTM names them"),
+        "no-lstm": (
+            head,
+            "not a character model: no tensor is named as nn.LSTM, nn.GRU and nn.RNN name them",
+        ),
     }
     for name, (tensors, message) in files.items():
         save_file(tensors, str(tmp_path / f"{name}.st"))
@@ -361,13 +402,24 @@ def test_what_charlm_cannot_compute_is_refused(tmp_path, capsys):
         ),
         "two-lstms": (
             {**lstm_tensors(), **lstm_tensors("rnn2."), **rest},
-            "found 2 LSTMs 'rnn.', 'rnn2.'; CharLM has one",
+            "found 2 recurrent modules 'rnn.', 'rnn2.'; CharLM has one",
         ),
         "float16": (
             {k: v.astype(np.float16) for k, v in (lstm_tensors() | rest).items()},
             "the tensors are ['float16']; lstm-scratch reads float32 or float64",
         ),
         "bidirectional": ({**lstm_tensors(bidirectional=True), **rest}, "is bidirectional"),
+        "bidirectional-gru": (
+            {**lstm_tensors(bidirectional=True, module=torch.nn.GRU), **rest},
+            "the GRU 'rnn.' is bidirectional",
+        ),
+        "two-gates": (
+            {
+                **{k: v[:24] for k, v in lstm_tensors(num_layers=1).items()},
+                **{k: v for k, v in rest.items() if k != "emb.weight"},
+            },
+            "rnn.weight_hh_l0 is (24, 12), not (4H, H), (3H, H) or (H, H)",
+        ),
         "proj_size": ({**lstm_tensors(proj_size=6), **rest}, "has proj_size"),
         "missing-layer": (
             {k: v for k, v in three.items() if "_l1" not in k} | rest,

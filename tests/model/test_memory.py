@@ -183,12 +183,13 @@ SHAPES = [  # activations dominate; parameters dominate
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_the_estimate_is_near_the_peak_memory_of_a_run(tmp_path, shape):
+def test_the_estimate_is_near_the_peak_memory_of_a_run(tmp_path, shape, cell):
     """Two steps in a fresh process: its peak RSS against the estimate (0.95-1.13 measured)."""
     text = tmp_path / "text.txt"
     text.write_text(HAMLET * 200, encoding="utf-8")
-    args = [*map(str, shape), "--steps", "2", "--val-fraction", "0.01", "--quiet"]
+    args = [*map(str, shape), "--cell", cell, "--steps", "2", "--val-fraction", "0.01", "--quiet"]
     script = (  # VmHWM: this process's peak; ru_maxrss would count the parent's at the fork
         "import sys; from lstm_scratch.app.cli import main; code = main(sys.argv[1:]); "
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(code)"

@@ -72,11 +72,15 @@ def metrics(folder):
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("ranks, reduction", [(2, "mean"), (3, "mean"), (2, "sum")])
-def test_ranks_give_the_weights_and_metrics_of_one_process(tmp_path, ranks, reduction):
+@pytest.mark.parametrize(
+    "ranks, reduction, cell",
+    [(2, "mean", "lstm"), (3, "mean", "lstm"), (2, "sum", "lstm"), (3, "mean", "gru")],
+)
+def test_ranks_give_the_weights_and_metrics_of_one_process(tmp_path, ranks, reduction, cell):
     """Weights and every reported figure, the training loss included: each rank's loss enters
-    the global one by its share of the batch (rows split 3 + 2 or 2 + 1 + 2)."""
-    length = ["--steps", "20", "--loss-reduction", reduction]
+    the global one by its share of the batch (rows split 3 + 2 or 2 + 1 + 2). The one-process
+    run is held to torch in tests/training/test_trainer.py."""
+    length = ["--steps", "20", "--loss-reduction", reduction, "--cell", cell]
     train(tmp_path, 1, tmp_path / "one", *length)
     out = train(tmp_path, ranks, tmp_path / "many", *length)
     assert out.count("checkpoint:") == 1  # rank 0 alone reports

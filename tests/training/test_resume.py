@@ -77,6 +77,7 @@ def test_every_way_of_resuming_continues_the_same_run(capsys, tmp_path, text_fil
         (["--clip-value", 1], "--clip-value 1.0: this run was trained without --clip-value"),
         (["--preset", "shakespeare"], "--preset shakespeare: this run was trained without"),
         (["--seed", 12, "--num-layers", 1], "--seed 12: this run was trained with 11; --num-"),
+        (["--cell", "gru"], "--cell gru: this run was trained with lstm"),
     ],
 )
 def test_a_changed_setting_is_named_with_both_values(capsys, tmp_path, text_file, flags, message):

@@ -42,21 +42,26 @@ def metrics(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
 class TorchCharLM(torch.nn.Module):
-    """Our CharLM in torch, with the same parameter names: embedding -> LSTM -> decoder."""
+    """Our CharLM in torch, with the same parameter names: embedding -> LSTM (or GRU, or RNN,
+    by the weights' names) -> decoder."""
 
     def __init__(self, weights: dict[str, np.ndarray]):
         super().__init__()
         vocab, hidden = weights["decoder.weight"].shape
         embed = weights["embedding.weight"].shape[1]
-        layers = sum(name.startswith("lstm.weight_ih_l") for name in weights)
+        self.cell = next(name.split(".")[0] for name in weights if "weight_ih_l0" in name)
+        layers = sum(name.startswith(f"{self.cell}.weight_ih_l") for name in weights)
         self.embedding = torch.nn.Embedding(vocab, embed).double()
-        self.lstm = torch.nn.LSTM(embed, hidden, layers).double()
+        setattr(self, self.cell, TORCH_CELLS[self.cell](embed, hidden, layers).double())
         self.decoder = torch.nn.Linear(hidden, vocab).double()
         self.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
 
     def forward(self, ids, state=None):  # ids (T, B) -> logits (T, B, V), state
-        y, state = self.lstm(self.embedding(ids), state)
+        y, state = getattr(self, self.cell)(self.embedding(ids), state)
         return self.decoder(y), state
 
 
@@ -96,7 +101,8 @@ def torch_training(config, weights, steps):
             state = None  # a zero state at every epoch's start
         window = rows[k * T : min(k * T + T, n) + 1]  # (T+1, B)
         logits, state = model(window[:-1], state)  # (T, B, V)
-        state = tuple(s.detach() for s in state)  # carried, no gradient across chunks
+        # carried, no gradient across chunks: (h, c) for the LSTM, h for the others
+        state = state.detach() if torch.is_tensor(state) else tuple(s.detach() for s in state)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             window[1:].reshape(-1),
@@ -131,10 +137,22 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("options", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+CASES = {**OPTIMIZERS}
+CASES.update(
+    {
+        f"{cell}, adamw": dict(
+            optimizer="adamw", lr=0.02, weight_decay=0.1, grad_clip=0.1, cell=cell
+        )
+        for cell in ("gru", "rnn")
+    }
+)
+
+
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
 def test_training_equals_the_same_run_written_in_torch(tmp_path, options):
     """23 steps: two epochs of 10 chunks and three more, so two epoch starts; every weight, every
-    reported training loss, and every evaluation as torch computes them."""
+    reported training loss, and every evaluation as torch computes them (an LSTM with each
+    optimizer, and a GRU and an RNN)."""
     path = tmp_path / "text.txt"
     path.write_text(TEXT, encoding="utf-8")
     config = make_config(

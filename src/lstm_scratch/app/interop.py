@@ -2,17 +2,20 @@
 
 Export writes CharLM's weights under torch's module names: ``embedding.weight`` of
 ``torch.nn.Embedding`` (absent for one-hot input), ``lstm.weight_ih_l0``, ``lstm.weight_hh_l0``,
-``lstm.bias_ih_l0``, … of ``torch.nn.LSTM``, and ``decoder.weight``, ``decoder.bias`` of
-``torch.nn.Linear``, with the model's config and vocabulary as JSON in the file's metadata.
+``lstm.bias_ih_l0``, … of ``torch.nn.LSTM`` (``gru.…`` of ``torch.nn.GRU``, ``rnn.…`` of
+``torch.nn.RNN``), and ``decoder.weight``, ``decoder.bias`` of ``torch.nn.Linear``, with the
+model's config and vocabulary as JSON in the file's metadata.
 
 Import reads the state dict of any torch character model of that shape, whatever its modules are
-called: the LSTM is the one prefix holding nn.LSTM's ``weight_ih_l{k}``, … tensors, the decoder the
-(V, H) weight with a (V,) bias (or, failing one, the (V, H) weight without), the embedding the
-(V, E) table without a bias whose E is the LSTM's input size (none for one-hot input); ``--names``
-says where the parts are when the shapes do not. Biases torch was told to leave out (bias=False)
-are zeros. What CharLM cannot compute (a bidirectional or projected LSTM, a tensor in none of the
-parts) is refused in one line, and so is a ``torch.save`` file, which is never unpickled. The
-vocabulary comes from a JSON ``itos`` list, the training text, or an export's metadata.
+called: the recurrent layers are the one prefix holding torch's ``weight_ih_l{k}``, … tensors
+(an LSTM, GRU or RNN by the rows of ``weight_hh_l0``: 4H, 3H or H; an nn.RNN is read as tanh,
+its default), the decoder the (V, H) weight with a (V,) bias (or, failing one, the (V, H) weight
+without), the embedding the (V, E) table without a bias whose E is the layers' input size (none
+for one-hot input); ``--names`` says where the parts are when the shapes do not. Biases torch
+was told to leave out (bias=False) are zeros. What CharLM cannot compute (bidirectional layers,
+a projected LSTM, a tensor in none of the parts) is refused in one line, and so is a
+``torch.save`` file, which is never unpickled. The vocabulary comes from a JSON ``itos`` list,
+the training text, or an export's metadata.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lstm_scratch.errors import CheckpointError, ConfigError, DataError
-from lstm_scratch.model.charlm import CharLM, ModelConfig
+from lstm_scratch.model.charlm import CELLS, CharLM, ModelConfig
 from lstm_scratch.model.data import Vocab
-from lstm_scratch.model.lstm import lstm_parameter_shapes
+from lstm_scratch.model.recurrent import parameter_shapes
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.loading import load_model
 
 EXPORT_FORMAT = "lstm-scratch-torch-export"
-PARTS = ("embedding", "lstm", "decoder")
+PARTS = ("embedding", "lstm", "gru", "rnn", "decoder")  # lstm, gru, rnn: the recurrent layers
+LAYER_KEYS = ("lstm", "gru", "rnn")
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+CELL_BY_GATES = {gates: cell for cell, gates in CELLS.items()}  # 4 -> lstm, 3 -> gru, 1 -> rnn
 NAMES_HINT = "name the parts with --names embedding=P,lstm=P,decoder=P"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAVE_HINT = (
@@ -42,7 +48,7 @@ SAVE_HINT = (
     'save_file(model.state_dict(), "model.safetensors")'
 )
 FLOAT_HINT = "lstm-scratch reads float32 or float64: save model.float().state_dict()"
-_LSTM_TENSOR = re.compile(
+_LAYER_TENSOR = re.compile(
     r"(?P<prefix>(?:.*\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
     r"_l(?P<layer>\d+)(?P<reverse>_reverse)?"
 )
@@ -66,9 +72,11 @@ def export_torch(checkpoint_path: str | Path, out: str | Path) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class LstmPart:
-    """An nn.LSTM found in a file: its tensors' prefix, sizes and tensor names."""
+class LayersPart:
+    """An nn.LSTM, nn.GRU or nn.RNN found in a file: its cell, its tensors' prefix, sizes and
+    tensor names."""
 
+    cell: str
     prefix: str
     layers: int
     hidden: int
@@ -77,8 +85,8 @@ class LstmPart:
 
     def describe(self) -> str:
         return (
-            f"the LSTM {self.prefix!r} ({self.layers} layer{'s' * (self.layers > 1)}, "
-            f"hidden {self.hidden}, input {self.input_size})"
+            f"the {CELL_NAMES[self.cell]} {self.prefix!r} ({self.layers} "
+            f"layer{'s' * (self.layers > 1)}, hidden {self.hidden}, input {self.input_size})"
         )
 
 
@@ -86,18 +94,22 @@ class LstmPart:
 class Parts:
     """Where a file keeps CharLM's three parts; ``embedding`` None means one-hot input."""
 
-    lstm: LstmPart
+    layers: LayersPart
     decoder: str
     vocab_size: int
     embedding: str | None
 
     def config(self, dtype: str) -> ModelConfig:
-        embed = self.lstm.input_size if self.embedding is not None else 0
-        return ModelConfig(self.vocab_size, self.lstm.hidden, self.lstm.layers, embed, dtype=dtype)
+        layers = self.layers
+        embed = layers.input_size if self.embedding is not None else 0
+        return ModelConfig(
+            self.vocab_size, layers.hidden, layers.layers, embed, dtype=dtype, cell=layers.cell
+        )
 
 
 def parse_names(text: str) -> dict[str, str]:
-    """``embedding=emb,lstm=rnn,decoder=fc`` (any subset) -> {part: tensor-name prefix}.
+    """``embedding=emb,lstm=rnn,decoder=fc`` (any subset) -> {part: tensor-name prefix}; the
+    recurrent layers are named ``lstm=``, ``gru=`` or ``rnn=``, whichever they are.
 
     A module name gets its dot (``rnn`` -> ``rnn.``); an empty one means no prefix (the tensors
     of a bare ``nn.LSTM`` state dict).
@@ -112,6 +124,8 @@ def parse_names(text: str) -> dict[str, str]:
             )
         if key in names:
             raise ConfigError(f"--names: {key} is given twice")
+        if key in LAYER_KEYS and set(LAYER_KEYS) & set(names):
+            raise ConfigError("--names: the recurrent layers are named twice")
         names[key] = value if not value or value.endswith(".") else value + "."
     return names
 
@@ -126,37 +140,41 @@ def _listed(items: list[str]) -> str:
     return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
-def _lstm_groups(shapes: dict[str, tuple]) -> dict[str, list[re.Match]]:
-    """nn.LSTM-named tensors, by prefix (``''`` for a bare nn.LSTM's state dict)."""
+def _layer_groups(shapes: dict[str, tuple]) -> dict[str, list[re.Match]]:
+    """Tensors named as nn.LSTM, nn.GRU and nn.RNN name them, by prefix (``''`` for a bare
+    module's state dict)."""
     groups: dict[str, list[re.Match]] = {}
     for name in shapes:
-        if match := _LSTM_TENSOR.fullmatch(name):
+        if match := _LAYER_TENSOR.fullmatch(name):
             groups.setdefault(match["prefix"], []).append(match)
     return groups
 
 
-def _lstm_part(prefix: str, matches: list[re.Match], shapes: dict[str, tuple]) -> LstmPart:
-    """The LSTM at ``prefix``, or a CheckpointError saying why CharLM cannot run it."""
-    where = f"the LSTM {prefix!r}"
+def _layers_part(prefix: str, matches: list[re.Match], shapes: dict[str, tuple]) -> LayersPart:
+    """The recurrent layers at ``prefix``, or a CheckpointError saying why CharLM cannot run
+    them."""
+    for m in matches:
+        if m["kind"] == "weight_hr":
+            raise CheckpointError(
+                f"the LSTM {prefix!r} has proj_size ({m[0]!r}): CharLM's LSTM has none"
+            )
+    layers = sorted({int(m["layer"]) for m in matches})
+    cell, hidden = _cell_and_hidden(prefix, layers[0], shapes)
+    where = f"the {CELL_NAMES[cell]} {prefix!r}"
     for m in matches:
         if m["reverse"]:
             raise CheckpointError(
-                f"{where} is bidirectional ({m[0]!r}): CharLM's LSTM runs forward"
+                f"{where} is bidirectional ({m[0]!r}): CharLM's layers run forward"
             )
-        if m["kind"] == "weight_hr":
-            raise CheckpointError(f"{where} has proj_size ({m[0]!r}): CharLM's LSTM has none")
-    layers = sorted({int(m["layer"]) for m in matches})
     if layers != list(range(len(layers))):
         gap = min(set(range(layers[-1] + 1)) - set(layers))
         raise CheckpointError(f"{where} has layers {layers}: layer {gap} is missing")
-    shape0 = shapes.get(f"{prefix}weight_ih_l0", ())
-    if len(shape0) != 2 or shape0[0] % 4 or not shape0[0]:
-        raise CheckpointError(f"{where}: {prefix}weight_ih_l0 is {shape0}, not (4H, input)")
-    hidden, input_size = shape0[0] // 4, shape0[1]
+    input_size = shapes.get(f"{prefix}weight_ih_l0", (0, 0))[-1]
     biased = any(m["kind"].startswith("bias") for m in matches)
+    every = parameter_shapes(CELLS[cell], input_size, hidden, len(layers), True, 1)
     expected = {
         prefix + name: shape
-        for name, shape in lstm_parameter_shapes(input_size, hidden, len(layers)).items()
+        for name, shape in every.items()
         if biased or not name.startswith("bias")
     }
     for name, shape in expected.items():
@@ -167,28 +185,47 @@ def _lstm_part(prefix: str, matches: list[re.Match], shapes: dict[str, tuple]) -
                 f"{where}: {name!r} is {shapes[name]}, not {shape} as hidden {hidden} and "
                 f"input {input_size} make it"
             )
-    return LstmPart(prefix, len(layers), hidden, input_size, tuple(expected))
+    return LayersPart(cell, prefix, len(layers), hidden, input_size, tuple(expected))
 
 
-def _find_lstm(shapes: dict[str, tuple], named: str | None) -> LstmPart:
-    """The one nn.LSTM of the file, or the one ``--names lstm=`` names."""
-    groups = _lstm_groups(shapes)
-    if named is not None:
+def _cell_and_hidden(prefix: str, layer: int, shapes: dict[str, tuple]) -> tuple[str, int]:
+    """The cell and H of the layers at ``prefix``, told by the shape (G·H, H) of ``layer``'s
+    weight_hh."""
+    name = f"{prefix}weight_hh_l{layer}"
+    shape = shapes.get(name, ())
+    gates = shape[0] // shape[1] if len(shape) == 2 and shape[1] and not shape[0] % shape[1] else 0
+    if gates not in CELL_BY_GATES:
+        raise CheckpointError(
+            f"the recurrent layers {prefix!r}: {name} is {shape}, not (4H, H), "
+            "(3H, H) or (H, H) as nn.LSTM, nn.GRU and nn.RNN make it"
+        )
+    return CELL_BY_GATES[gates], shape[1]
+
+
+def _find_layers(shapes: dict[str, tuple], names: dict[str, str]) -> LayersPart:
+    """The one nn.LSTM, nn.GRU or nn.RNN of the file, or the one ``--names`` names."""
+    groups = _layer_groups(shapes)
+    key = next((key for key in LAYER_KEYS if key in names), None)
+    if key is not None:
+        named = names[key]
         if named not in groups:
-            raise ConfigError(f"--names lstm={named}: no {named}weight_ih_l0, … in the file")
-        return _lstm_part(named, groups[named], shapes)
+            raise ConfigError(f"--names {key}={named}: no {named}weight_ih_l0, … in the file")
+        part = _layers_part(named, groups[named], shapes)
+        if part.cell != key:
+            raise ConfigError(f"--names {key}={named}: {part.describe()} is not a {key}")
+        return part
     if not groups:
         raise CheckpointError(
-            "not a character model: no tensor is named as nn.LSTM names them (weight_ih_l0, …) "
-            f"among {_quoted(shapes)}"
+            "not a character model: no tensor is named as nn.LSTM, nn.GRU and nn.RNN name them "
+            f"(weight_ih_l0, …) among {_quoted(shapes)}"
         )
     if len(groups) > 1:
         raise CheckpointError(
-            f"found {len(groups)} LSTMs {_quoted(groups)}; CharLM has one (of any number of "
-            "layers), so this model cannot be imported"
+            f"found {len(groups)} recurrent modules {_quoted(groups)}; CharLM has one (of any "
+            "number of layers), so this model cannot be imported"
         )
     prefix, matches = groups.popitem()
-    return _lstm_part(prefix, matches, shapes)
+    return _layers_part(prefix, matches, shapes)
 
 
 def _tables(shapes: dict[str, tuple], taken: set[str]) -> dict[str, tuple]:
@@ -229,14 +266,14 @@ def _part_error(found, part: str, candidates: dict, what: str, nameable: bool = 
     return CheckpointError(f"found {_listed(found)}; {problem}; {hint}")
 
 
-def _find_decoder(shapes, lstm: LstmPart, taken: set[str], names: dict, found: list[str]):
+def _find_decoder(shapes, layers: LayersPart, taken: set[str], names: dict, found: list[str]):
     """The decoder's prefix and V: the (V, H) weight with a (V,) bias (failing that, the one
     (V, H) weight without a bias), or the one ``--names decoder=`` names.
 
     Two bias-free (V, H) tables, when E = H and no embedding is named, are the embedding and the
     decoder in some order: the one ambiguity that naming settles.
     """
-    hidden, named, embedding_named = lstm.hidden, names.get("decoder"), "embedding" in names
+    hidden, named, embedding_named = layers.hidden, names.get("decoder"), "embedding" in names
     if named is not None:
         _check_named("decoder", named, shapes, (None, hidden))
         prefix = named
@@ -246,7 +283,7 @@ def _find_decoder(shapes, lstm: LstmPart, taken: set[str], names: dict, found: l
         bare = {p: s for p, s in tables.items() if p + "bias" not in shapes}
         if len(biased) != 1 and (biased or len(bare) != 1):
             bias = "without a bias" if bare and not biased else "with a (V,) bias"
-            pair = not biased and len(bare) == 2 and lstm.input_size == hidden
+            pair = not biased and len(bare) == 2 and layers.input_size == hidden
             nameable = not (biased or bare) or (pair and not embedding_named)
             what = f"(V, {hidden}) weight {bias}"
             raise _part_error(found, "decoder", biased or bare, what, nameable)
@@ -257,51 +294,53 @@ def _find_decoder(shapes, lstm: LstmPart, taken: set[str], names: dict, found: l
     return prefix, vocab_size
 
 
-def _find_embedding(shapes, lstm: LstmPart, vocab_size: int, taken: set[str], found: list[str]):
+def _find_embedding(shapes, layers: LayersPart, vocab_size: int, taken: set[str], found: list[str]):
     """The prefix of the one (V, E) table without a bias, E the LSTM's input size; None for
     one-hot input (no such table, and the LSTM's input size is V)."""
-    shape = (vocab_size, lstm.input_size)
+    shape = (vocab_size, layers.input_size)
     tables = _tables(shapes, taken)
     tables = {p: s for p, s in tables.items() if s == shape and p + "bias" not in shapes}
     if len(tables) == 1:
         prefix = next(iter(tables))
         found.append(f"the embedding {prefix!r} {shape}")
         return prefix
-    if not tables and lstm.input_size == vocab_size:
+    if not tables and layers.input_size == vocab_size:
         found.append("one-hot input (no embedding)")
         return None
     raise _part_error(found, "embedding", tables, f"{shape} table without a bias", not tables)
 
 
 def find_parts(shapes: dict[str, tuple], names: dict[str, str] | None = None) -> Parts:
-    """Where a file's tensors keep CharLM's embedding, LSTM and decoder, found by their names'
-    torch suffixes and their shapes; ``names`` (from ``parse_names``) fixes any of the three.
+    """Where a file's tensors keep CharLM's embedding, recurrent layers and decoder, found by
+    their names' torch suffixes and their shapes; ``names`` (from ``parse_names``) fixes any of
+    the three.
 
     A part that is missing or ambiguous, or a tensor that belongs to none of them, is a one-line
     error naming what was found.
     """
     names = names or {}
-    lstm = _find_lstm(shapes, names.get("lstm"))
-    found, taken = [lstm.describe()], set(lstm.names)
+    layers = _find_layers(shapes, names)
+    found, taken = [layers.describe()], set(layers.names)
     embedding = names.get("embedding")
     if embedding is not None:
-        _check_named("embedding", embedding, shapes, (None, lstm.input_size))
+        _check_named("embedding", embedding, shapes, (None, layers.input_size))
         taken.add(embedding + "weight")
-    decoder, vocab_size = _find_decoder(shapes, lstm, taken, names, found)
+    decoder, vocab_size = _find_decoder(shapes, layers, taken, names, found)
     taken |= {decoder + "weight", decoder + "bias"} & set(shapes)
     if embedding is not None:
-        _check_named("embedding", embedding, shapes, (vocab_size, lstm.input_size))
-        found.append(f"the embedding {embedding!r} ({vocab_size}, {lstm.input_size})")
+        _check_named("embedding", embedding, shapes, (vocab_size, layers.input_size))
+        found.append(f"the embedding {embedding!r} ({vocab_size}, {layers.input_size})")
     else:
-        embedding = _find_embedding(shapes, lstm, vocab_size, taken, found)
+        embedding = _find_embedding(shapes, layers, vocab_size, taken, found)
         taken |= {embedding + "weight"} if embedding is not None else set()
     left = [name for name in shapes if name not in taken]
     if left:
         raise CheckpointError(
             f"found {_listed(found)}, but {_quoted(left)} belong{'s' * (len(left) == 1)} "
-            "to none of them: that model computes something else than embedding -> LSTM -> linear"
+            "to none of them: that model computes something else than embedding -> recurrent "
+            "layers -> linear"
         )
-    return Parts(lstm, decoder, vocab_size, embedding)
+    return Parts(layers, decoder, vocab_size, embedding)
 
 
 def infer_config(shapes: dict[str, tuple], dtype: str, names: dict | None = None) -> ModelConfig:
@@ -406,12 +445,15 @@ def _vocabulary(path: Path, metadata: dict, text: str | None, vocab_file, size: 
 
 def _charlm_weights(tensors: dict[str, np.ndarray], parts: Parts) -> dict[str, np.ndarray]:
     """The file's tensors under CharLM's names; absent biases (torch's bias=False) are zeros."""
-    lstm = parts.lstm
+    layers = parts.layers
     weights = {}
     if parts.embedding is not None:
         weights["embedding.weight"] = tensors[parts.embedding + "weight"]
-    for name, shape in lstm_parameter_shapes(lstm.input_size, lstm.hidden, lstm.layers).items():
-        weights["lstm." + name] = tensors.get(lstm.prefix + name, np.zeros(shape))
+    every = parameter_shapes(
+        CELLS[layers.cell], layers.input_size, layers.hidden, layers.layers, True, 1
+    )
+    for name, shape in every.items():
+        weights[f"{layers.cell}.{name}"] = tensors.get(layers.prefix + name, np.zeros(shape))
     weights["decoder.weight"] = tensors[parts.decoder + "weight"]
     weights["decoder.bias"] = tensors.get(parts.decoder + "bias", np.zeros(parts.vocab_size))
     return weights

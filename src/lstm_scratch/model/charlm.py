@@ -1,8 +1,11 @@
-"""The character language model: (embedding or one-hot) -> L-layer LSTM -> linear -> softmax.
+"""The character language model: (embedding or one-hot) -> L recurrent layers (LSTM, GRU or
+tanh RNN) -> linear -> softmax.
 
 Letters for shapes: T time, B batch, E embedding size (V when the input is one-hot), H hidden,
-V vocabulary, L layers. Parameter names are PyTorch's (``embedding.weight``, ``lstm.weight_ih_l0``,
-…, ``decoder.weight``, ``decoder.bias``), all views into one flat buffer (``model.params.flat``).
+V vocabulary, L layers. Parameter names are PyTorch's, the recurrent layers' under the cell's
+name (``embedding.weight``, ``lstm.weight_ih_l0`` or ``gru.…`` or ``rnn.…``, …,
+``decoder.weight``, ``decoder.bias``), all views into one flat buffer (``model.params.flat``).
+The state is a tuple of (L, B, H) arrays: (h, c) for the LSTM, (h,) for the GRU and the RNN.
 """
 
 from __future__ import annotations
@@ -14,18 +17,23 @@ from typing import NamedTuple
 import numpy as np
 
 from lstm_scratch.model import backend as backends
-from lstm_scratch.model.lstm import (
-    StackCache,
-    initialise_lstm,
-    layer_views,
-    lstm_parameter_shapes,
-    stacked_lstm_backward,
-    stacked_lstm_forward,
+from lstm_scratch.model.lstm import StackCache, stacked_lstm_backward, stacked_lstm_forward
+from lstm_scratch.model.recurrent import (
+    gru_cell,
+    initialise_layers,
+    layer_dropout_masks,
+    layer_weights,
+    parameter_shapes,
+    rnn_cell,
+    stack_backward,
+    stack_forward,
 )
-from lstm_scratch.model.recurrent import layer_dropout_masks
 from lstm_scratch.reference import init, ops
 from lstm_scratch.reference.cell import new_step_buffers
 from lstm_scratch.reference.params import FlatParams
+
+#: the recurrent cells, and the pre-activations each stacks per hidden unit
+CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @dataclass
@@ -38,17 +46,19 @@ class ModelConfig:
     init: str = "pytorch"  # or "xavier" (the notebook's)
     forget_bias: float | None = None
     dtype: str = "float32"
+    cell: str = "lstm"  # or "gru", or "rnn" (tanh); a checkpoint without it holds an LSTM
 
 
 class CharLMCache(NamedTuple):
     embedding: ops.EmbeddingCache | None  # None for one-hot input, which needs no gradient
-    lstm: StackCache
+    recurrent: StackCache  # for the GRU and RNN, each layer's cache is a 1-tuple (one direction)
     top_mask: np.ndarray | None  # (T, B, H) dropout on the last LSTM output
     decoder_input: ops.LinearCache
 
 
 class CharLM:
-    """A character-level LSTM language model with hand-written forward and backward passes.
+    """A character-level language model (LSTM, GRU or RNN by ``config.cell``) with hand-written
+    forward and backward passes.
 
     >>> model = CharLM(ModelConfig(vocab_size=30, hidden_size=32))
     >>> ids = np.zeros((10, 4), dtype=np.int64)                 # (T, B)
@@ -60,15 +70,18 @@ class CharLM:
         backends.resolve(backend)  # fail early on a bad name
         self.backend = backend  # how the LSTM layers run, never what they compute
         self.dtype = np.dtype(config.dtype)
+        check_cell(config)
         V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
         shapes = {"embedding.weight": (V, E)} if E else {}
-        lstm_shapes = lstm_parameter_shapes(E or V, H, L)
-        shapes.update({f"lstm.{name}": shape for name, shape in lstm_shapes.items()})
+        layer_shapes = parameter_shapes(CELLS[config.cell], E or V, H, L, True, 1)
+        shapes.update({f"{config.cell}.{name}": shape for name, shape in layer_shapes.items()})
         shapes.update({"decoder.weight": (V, H), "decoder.bias": (V,)})
         self.params = FlatParams(shapes, self.dtype)
-        self.layers = layer_views(self.params, L, prefix="lstm.")
+        self.layers = self._layers(self.params)  # per layer, LayerWeights
+        self.state_size = 2 if config.cell == "lstm" else 1  # (h, c) or (h,)
+        self.cell = {"gru": gru_cell, "rnn": rnn_cell}.get(config.cell, lambda _: None)(backend)
         rng = np.random.default_rng(seed)
-        initialise_lstm(self.layers, rng, config.init, config.forget_bias)
+        initialise_layers(self.layers, rng, config.init, config.forget_bias)
         if E:  # torch.nn.Embedding's default N(0, 1)
             self.params["embedding.weight"][...] = rng.standard_normal((V, E)).astype(self.dtype)
         if config.init == "xavier":  # the notebook: Xavier output weights, zero bias
@@ -82,12 +95,17 @@ class CharLM:
     def num_parameters(self) -> int:
         return self.params.flat.size
 
-    def zero_state(self, batch: int):
+    def _layers(self, params: FlatParams) -> list:
+        """The recurrent layers' LayerWeights, as views into ``params`` (weights or grads)."""
+        stack = layer_weights(params, self.config.num_layers, 1, prefix=f"{self.config.cell}.")
+        return [weights for (weights,) in stack]
+
+    def zero_state(self, batch: int) -> tuple:
         shape = (self.config.num_layers, batch, self.config.hidden_size)  # (L, B, H)
-        return np.zeros(shape, dtype=self.dtype), np.zeros(shape, dtype=self.dtype)
+        return tuple(np.zeros(shape, dtype=self.dtype) for _ in range(self.state_size))
 
     def forward(self, ids, state=None, rng: np.random.Generator | None = None, rows=None):
-        """ids (T, B) -> logits (T, B, V), final state (h, c) each (L, B, H), cache.
+        """ids (T, B) -> logits (T, B, V), final state ((h, c) or (h,), each (L, B, H)), cache.
 
         Dropout is applied when ``rng`` is given (training), never otherwise. ``rows`` = (start,
         stop, total) says these B rows are rows start..stop of a batch of ``total`` (one rank's
@@ -102,18 +120,26 @@ class CharLM:
             masks = layer_dropout_masks(rng, self.config.num_layers, shape, p, self.dtype)
             masks = [None if m is None else m[:, start:stop] for m in masks]  # (T, B, H)
             top_mask = ops.dropout_mask(rng, shape, p, self.dtype)[:, start:stop]
-        h0, c0 = self.zero_state(batch) if state is None else state
+        state = self.zero_state(batch) if state is None else tuple(state)
         if self.config.embed_size:
             x, embed_cache = ops.embedding_forward(ids, self.params["embedding.weight"])  # (T,B,E)
         else:
-            x, embed_cache = ids, None  # (T, B): the LSTM gathers one-hot rows' weights
-        y, state, lstm_cache = stacked_lstm_forward(x, self.layers, h0, c0, masks, self.backend)
+            x, embed_cache = ids, None  # (T, B): layer 0 gathers one-hot rows' weights
+        if self.cell is None:  # the LSTM's own stack
+            y, state, layers_cache = stacked_lstm_forward(
+                x, self.layers, *state, masks, self.backend
+            )
+        else:
+            masks = masks or [None] * self.config.num_layers
+            stack = [[weights] for weights in self.layers]  # one direction
+            y, state, caches = stack_forward(self.cell, x, stack, state, masks)  # y (T, B, H)
+            layers_cache = StackCache(caches, tuple(masks))
         if top_mask is not None:
             y = y * top_mask  # (T, B, H)
         logits, decoder_cache = ops.linear_forward(
             y, self.params["decoder.weight"], self.params["decoder.bias"]
         )  # (T, B, V)
-        return logits, state, CharLMCache(embed_cache, lstm_cache, top_mask, decoder_cache)
+        return logits, state, CharLMCache(embed_cache, layers_cache, top_mask, decoder_cache)
 
     def loss_and_grads(self, inputs, targets, state=None, reduction="mean", rng=None, rows=None):
         """Forward, softmax cross-entropy against ``targets`` (T, B), and backward.
@@ -130,24 +156,65 @@ class CharLM:
         grads["decoder.weight"][...], grads["decoder.bias"][...] = ops.linear_weight_grads(
             dlogits, cache.decoder_input
         )
-        decoder_weight = self.params["decoder.weight"]  # (V, H)
-        if cache.top_mask is not None:
-            dy = ops.linear_input_grad(dlogits, decoder_weight) * cache.top_mask  # (T, B, H)
-        else:  # dy = dlogits W (T, B, H), or for numba the product left to the last layer
-            dy = backends.linear_input_grad(self.backend)(dlogits, decoder_weight)
-        grad_layers = layer_views(grads, self.config.num_layers, prefix="lstm.")
-        dx, _ = stacked_lstm_backward(
-            dy, cache.lstm, self.layers, None, None, grad_layers, self.backend, consume_cache=True
-        )
+        dx = self._layers_backward(dlogits, cache, grads)  # (T, B, E), or None for one-hot
         if cache.embedding is not None:  # dx (T, B, E) scatters into the embedding rows
             grads["embedding.weight"][...] = ops.embedding_backward(
                 dx, cache.embedding, self.config.vocab_size
             )
         return float(loss), grads, state
 
+    def _layers_backward(self, dlogits, cache: CharLMCache, grads: FlatParams):
+        """dlogits (T, B, V) back through the top dropout and the recurrent layers, their
+        gradients written into ``grads``; returns the gradient of their input (None for ids)."""
+        decoder_weight = self.params["decoder.weight"]  # (V, H)
+        grad_layers = self._layers(grads)
+        if cache.top_mask is not None:
+            dy = ops.linear_input_grad(dlogits, decoder_weight) * cache.top_mask  # (T, B, H)
+        elif self.cell is None:  # dy = dlogits W (T, B, H), or for numba the product left to
+            dy = backends.linear_input_grad(self.backend)(dlogits, decoder_weight)  # the LSTM
+        else:
+            dy = ops.linear_input_grad(dlogits, decoder_weight)  # (T, B, H)
+        if self.cell is None:
+            dx, _ = stacked_lstm_backward(
+                dy, cache.recurrent, self.layers, None, None, grad_layers, self.backend, True
+            )
+            return dx
+        stack, grad_stack = [[w] for w in self.layers], [[g] for g in grad_layers]
+        layers, masks = cache.recurrent
+        dx, _ = stack_backward(self.cell, dy, layers, stack, None, masks, grad_stack)
+        return dx
+
+    def stepper(self, state):
+        """A generation stepper from ``state``: ``Stepper`` for the LSTM, ``SequenceStepper``
+        for the GRU and the RNN."""
+        return Stepper(self, state) if self.cell is None else SequenceStepper(self, state)
+
+
+def check_cell(config: ModelConfig) -> None:
+    """A ValueError for a cell the model does not know, or an option its cell lacks."""
+    if config.cell not in CELLS:
+        raise ValueError(f"unknown cell {config.cell!r}: choose from {', '.join(CELLS)}")
+    if config.forget_bias is not None and config.cell != "lstm":
+        raise ValueError(f"forget_bias sets an LSTM's forget gate; a {config.cell} has none")
+
+
+class SequenceStepper:
+    """Generation for the GRU and RNN models: each step is ``CharLM.forward`` on a sequence of
+    length 1 from the carried state, so it computes exactly what forward computes."""
+
+    def __init__(self, model: CharLM, state):
+        self.model = model
+        self.state = tuple(np.array(a, dtype=model.dtype) for a in state)  # (L, B, H) each
+
+    def step(self, ids) -> np.ndarray:
+        """ids (B,) -> logits (B, V)."""
+        ids = np.asarray(ids).reshape(1, -1)  # (B,) -> (1, B)
+        logits, self.state, _ = self.model.forward(ids, self.state)  # (1, B, V)
+        return logits[0]
+
 
 class Stepper:
-    """Generation's one path: the model one time step at a time from a state, keeping no
+    """The LSTM model's generation: the model one time step at a time from a state, keeping no
     cache. The state lives in the stepper's own arrays (L, B, H) and each ``step`` overwrites
     it; every buffer is made once, and for one-hot input each step gathers rows of one table of
     W_ihᵀ + b_ih + b_hh made once. At batch 1 a step is a few matrix-vector products, which

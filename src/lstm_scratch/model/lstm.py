@@ -15,10 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from lstm_scratch.model import backend as backends
-from lstm_scratch.model.recurrent import Cell, Recurrent
-from lstm_scratch.reference import init
+from lstm_scratch.model.recurrent import Cell, Recurrent, initialise_layers
 from lstm_scratch.reference.cell import LayerCache, LayerWeights
-from lstm_scratch.reference.params import FlatParams
 
 
 class StackCache(NamedTuple):
@@ -76,62 +74,6 @@ def stacked_lstm_backward(
     return dy, (dh_0, dc_0)
 
 
-def lstm_parameter_shapes(input_size: int, hidden_size: int, num_layers: int) -> dict:
-    """torch.nn.LSTM's names and shapes.
-
-    weight_ih_l{k} (4H, D_k), weight_hh_l{k} (4H, H), bias_ih_l{k} and bias_hh_l{k} (4H,).
-    """
-    shapes = {}
-    for k in range(num_layers):
-        features = input_size if k == 0 else hidden_size
-        shapes[f"weight_ih_l{k}"] = (4 * hidden_size, features)
-        shapes[f"weight_hh_l{k}"] = (4 * hidden_size, hidden_size)
-        shapes[f"bias_ih_l{k}"] = (4 * hidden_size,)
-        shapes[f"bias_hh_l{k}"] = (4 * hidden_size,)
-    return shapes
-
-
-def layer_views(params: FlatParams, num_layers: int, prefix: str = "") -> list[LayerWeights]:
-    """The LayerWeights of each layer as views into ``params`` (weights or gradients)."""
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    return [LayerWeights(*(params[f"{prefix}{n}_l{k}"] for n in names)) for k in range(num_layers)]
-
-
-def initialise_lstm(
-    layers, rng, scheme: str = "pytorch", forget_bias: float | None = None, bias: bool = True
-):
-    """Fill LayerWeights in place (their biases too only where ``bias``: a model without
-    biases holds zeros in their place).
-
-    "pytorch": every weight and bias U(-1/√H, 1/√H), torch.nn.LSTM's default.
-    "xavier": each gate's block Xavier-uniform with fan_in = D + H (the gate sees [x, h]) and
-    fan_out = H, biases zero: the original notebook's scheme.
-    forget_bias, when given, sets the forget gate's total bias (b_ih + b_hh) to that value.
-    """
-    if scheme not in ("pytorch", "xavier"):
-        raise ValueError(f"unknown init scheme {scheme!r}: use 'pytorch' or 'xavier'")
-    for weights in layers:
-        hidden = weights.weight_hh.shape[1]
-        for w in weights if bias else weights[:2]:
-            _initialise(w, rng, scheme, weights)
-        if forget_bias is not None:
-            weights.bias_ih[hidden : 2 * hidden] = forget_bias
-            weights.bias_hh[hidden : 2 * hidden] = 0
-
-
-def _initialise(w, rng, scheme: str, weights: LayerWeights):
-    """Fill one of ``weights``' arrays, ``w``, by ``scheme`` (see ``initialise_lstm``)."""
-    hidden, features = weights.weight_hh.shape[1], weights.weight_ih.shape[1]
-    dtype = weights.weight_ih.dtype
-    if scheme == "pytorch":
-        w[...] = init.pytorch_default(rng, w.shape, hidden, dtype)
-    elif w.ndim == 1:
-        w[...] = 0
-    else:
-        for gate in np.split(w, 4, axis=0):  # (4H, D) or (4H, H) -> four (H, D) or (H, H)
-            gate[...] = init.xavier_uniform(rng, gate.shape, features + hidden, hidden, dtype)
-
-
 def lstm_cell(backend: str) -> Cell:
     """The LSTM as a ``recurrent.Cell``: each layer call on ``backend`` (``model.backend``,
     which picks the path by the call's batch and hidden size)."""
@@ -158,7 +100,7 @@ class LSTM(Recurrent):
     >>> dx, (dh_0, dc_0), grads = lstm.backward(np.ones_like(y), cache)
 
     Beyond torch's arguments: ``init`` ("pytorch" or "xavier") and ``forget_bias``
-    (``initialise_lstm``), and ``backend`` ("auto", "numba" or "numpy").
+    (``recurrent.initialise_layers``), and ``backend`` ("auto", "numba" or "numpy").
     """
 
     state_size = 2
@@ -190,6 +132,6 @@ class LSTM(Recurrent):
         super().__init__(input_size, hidden_size, num_layers, *options)
 
     def initialise(self) -> None:
-        """``initialise_lstm`` with the scheme and forget bias given."""
+        """``initialise_layers`` with the scheme and forget bias given."""
         every_layer = [weights for layer in self.layers for weights in layer]
-        initialise_lstm(every_layer, self.rng, self.init, self.forget_bias, self.bias)
+        initialise_layers(every_layer, self.rng, self.init, self.forget_bias, self.bias)

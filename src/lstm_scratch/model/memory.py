@@ -11,16 +11,19 @@ P parameters. The estimate counts, in the model's dtype, what a process of the d
 - the parameters, and for training their gradients, the optimizer's moments (two for Adam,
   one for SGD with momentum) and the packed copies of W_hh that the compiled lanes make;
 - the larger of one batch's activations and a checkpoint being written. Per character of a
-  training batch: per layer the cache (gates 4H, h, c, tanh c: 7H); with dropout, a mask per
+  training batch: per layer the cache (LSTM: gates 4H, h, c, tanh c: 7H; GRU: gates 3H, h,
+  W_hn h: 5H; RNN: its input projection and h: 2H) and, for the GRU and the RNN, one layer's
+  gradients of its pre-activations (GRU 6H, RNN H); with dropout, a mask per
   layer and for the top output, and the masked output (L + 2 times H); the embedding's output
   and gradient (2E); the logits, their softmax and their gradient (3V); one layer's input
   gradient (H). A checkpoint is encoded in memory: two copies of the
   weights and of the optimizer's moments;
 - the process itself (Python, NumPy, numba): ``BASE_BYTES``.
 
-The estimate is 0.95-1.13 times the peak RSS of two-step training runs (nine shapes from H 64
-to 2048, one to three layers, float32 and float64, SGD, SGD with momentum and Adam, dropout,
-either backend; ``tests/model/test_memory.py`` holds it within 0.8-1.25).
+For the LSTM the estimate is 0.95-1.13 times the peak RSS of two-step training runs (nine
+shapes from H 64 to 2048, one to three layers, float32 and float64, SGD, SGD with momentum and
+Adam, dropout, either backend), and 1.01-1.16 for the GRU and the RNN on two of those shapes
+(``tests/model/test_memory.py`` holds every cell within 0.8-1.25).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_scratch.errors import LstmScratchError
+from lstm_scratch.model.charlm import CELLS
 
 BASE_BYTES = 200 * 2**20  # the interpreter, NumPy, numba and the compiled kernels
 GIB = 2**30
@@ -40,18 +44,25 @@ class ResourceError(LstmScratchError):
     """The machine cannot hold what was asked for."""
 
 
+#: per cell, per character of a batch: (a layer's cache, one layer's backward arrays) in units of H
+LAYER_ACTIVATIONS = {"lstm": (7, 0), "gru": (5, 6), "rnn": (2, 1)}
+
+
 def parameter_count(config) -> int:
     """P of a ModelConfig: embedding (V, E), L layers of W_ih, W_hh, b_ih, b_hh, decoder."""
     V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
-    lstm = 4 * H * ((E or V) + H + 2) + (L - 1) * 4 * H * (2 * H + 2)
-    return V * E + lstm + V * (H + 1)
+    G = CELLS[config.cell] * H  # the stacked pre-activations
+    layers = G * ((E or V) + H + 2) + (L - 1) * G * (2 * H + 2)
+    return V * E + layers + V * (H + 1)
 
 
 def activation_bytes(config, batch: int, seq_len: int, training: bool) -> int:
     """One batch of (T, B) characters through the model; with ``training``, its backward too."""
     V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
+    cache, backward = LAYER_ACTIVATIONS[config.cell]
     masks = (L + 2) * H if training and config.dropout else 0  # and the masked top output
-    per_char = L * 7 * H + masks + (2 * E + 3 * V + H if training else E + 2 * V)
+    per_char = L * cache * H + masks + (2 * E + 3 * V + H if training else E + 2 * V)
+    per_char += backward * H if training else 0
     return seq_len * batch * per_char * np.dtype(config.dtype).itemsize
 
 
@@ -61,7 +72,7 @@ def training_bytes(config, batch: int, seq_len: int, moments: int) -> int:
     a checkpoint's encoding."""
     itemsize = np.dtype(config.dtype).itemsize
     weights = parameter_count(config) * itemsize
-    packed = config.num_layers * 4 * config.hidden_size**2 * itemsize
+    packed = config.num_layers * CELLS[config.cell] * config.hidden_size**2 * itemsize
     step = activation_bytes(config, batch, seq_len, training=True)
     evaluation = activation_bytes(config, batch, max(seq_len, 64), training=False)
     saving = 2 * (1 + moments) * weights

@@ -43,11 +43,11 @@ class RecurrentCache(NamedTuple):
     batch_first: bool
 
 
-def parameter_shapes(cell: Cell, input_size, hidden_size, num_layers, bias, directions) -> dict:
+def parameter_shapes(gates: int, input_size, hidden_size, num_layers, bias, directions) -> dict:
     """torch.nn's names and shapes, in its order: per layer, per direction (suffix ``_reverse``
     for the second), weight_ih (G, D_k), weight_hh (G, H), and bias_ih, bias_hh (G,) when
-    ``bias``; G = gates·H, D_k = D for layer 0, else dirs·H."""
-    shapes, width = {}, cell.gates * hidden_size
+    ``bias``; G = gates·H (``Cell.gates``), D_k = D for layer 0, else dirs·H."""
+    shapes, width = {}, gates * hidden_size
     for k in range(num_layers):
         features = input_size if k == 0 else directions * hidden_size
         for suffix in ("", "_reverse")[:directions]:
@@ -59,19 +59,56 @@ def parameter_shapes(cell: Cell, input_size, hidden_size, num_layers, bias, dire
     return shapes
 
 
-def layer_weights(params: FlatParams, num_layers, directions) -> list[list[LayerWeights]]:
-    """Per layer, per direction, LayerWeights as views into ``params`` (weights or gradients);
-    zero biases where the model has none."""
+def layer_weights(
+    params: FlatParams, num_layers, directions, prefix: str = ""
+) -> list[list[LayerWeights]]:
+    """Per layer, per direction, LayerWeights as views into ``params`` (weights or gradients)
+    named ``prefix`` + torch's names; zero biases where the model has none."""
     layers = []
     for k in range(num_layers):
         layers.append([])
         for suffix in ("", "_reverse")[:directions]:
-            ih, hh = params[f"weight_ih_l{k}{suffix}"], params[f"weight_hh_l{k}{suffix}"]
-            names = (f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}")
+            ih = params[f"{prefix}weight_ih_l{k}{suffix}"]
+            hh = params[f"{prefix}weight_hh_l{k}{suffix}"]
+            names = (f"{prefix}bias_ih_l{k}{suffix}", f"{prefix}bias_hh_l{k}{suffix}")
             no_bias = np.zeros(ih.shape[0], dtype=ih.dtype)  # (G,)
             biases = [params[n] if n in params.arrays else no_bias.copy() for n in names]
             layers[-1].append(LayerWeights(ih, hh, *biases))
     return layers
+
+
+def initialise_layers(
+    layers, rng, scheme: str = "pytorch", forget_bias: float | None = None, bias: bool = True
+):
+    """Fill LayerWeights of any cell in place (their biases too only where ``bias``: a model
+    without biases holds zeros in their place).
+
+    "pytorch": every weight and bias U(-1/√H, 1/√H), torch.nn's default for all three cells.
+    "xavier": each gate's block Xavier-uniform with fan_in = D + H (the gate sees [x, h]) and
+    fan_out = H, biases zero: the original notebook's scheme.
+    forget_bias, when given, sets an LSTM's forget gate's total bias (b_ih + b_hh) to that value.
+    """
+    if scheme not in ("pytorch", "xavier"):
+        raise ValueError(f"unknown init scheme {scheme!r}: use 'pytorch' or 'xavier'")
+    for weights in layers:
+        hidden = weights.weight_hh.shape[1]
+        for w in weights if bias else weights[:2]:
+            _initialise(w, rng, scheme, weights)
+        if forget_bias is not None:
+            weights.bias_ih[hidden : 2 * hidden] = forget_bias
+            weights.bias_hh[hidden : 2 * hidden] = 0
+
+
+def _initialise(w, rng, scheme: str, weights: LayerWeights):
+    """Fill one of ``weights``' arrays, ``w``, by ``scheme`` (see ``initialise_layers``)."""
+    hidden, features = weights.weight_hh.shape[1], weights.weight_ih.shape[1]
+    dtype = weights.weight_ih.dtype
+    if scheme == "pytorch":
+        w[...] = init.pytorch_default(rng, w.shape, hidden, dtype)
+    elif w.ndim == 1:
+        w[...] = 0
+    else:  # every gate's (H, D) or (H, H) block by the same bound, drawn in one go
+        w[...] = init.xavier_uniform(rng, w.shape, features + hidden, hidden, dtype)
 
 
 def layer_dropout_masks(rng, num_layers: int, shape, p: float, dtype) -> list:
@@ -141,6 +178,18 @@ def one_state(forward, backward) -> tuple:
     return cell_forward, cell_backward
 
 
+def gru_cell(backend: str) -> Cell:
+    """The GRU as a ``Cell``, its layers on ``backend`` (``backends.gru_functions``)."""
+    return Cell(3, *one_state(*backends.gru_functions(backend)))
+
+
+def rnn_cell(backend: str, nonlinearity: str = "tanh") -> Cell:
+    """The Elman RNN as a ``Cell``, its layers on ``backend`` (``backends.rnn_functions``)."""
+    forward, backward = backends.rnn_functions(backend)
+    forward = functools.partial(forward, nonlinearity=check_nonlinearity(nonlinearity))
+    return Cell(1, *one_state(forward, backward))
+
+
 class Recurrent:
     """What LSTM, GRU and RNN share: torch.nn's constructor, parameter names and shapes, and the
     stacked, bidirectional, batch-first forward and backward over ``self.cell``. A subclass
@@ -177,7 +226,7 @@ class Recurrent:
         self.bidirectional, self.directions = bool(bidirectional), 2 if bidirectional else 1
         self.dtype = np.dtype(dtype)
         shapes = parameter_shapes(
-            self.cell, input_size, hidden_size, num_layers, self.bias, self.directions
+            self.cell.gates, input_size, hidden_size, num_layers, self.bias, self.directions
         )
         self.params = FlatParams(shapes, dtype)
         self.layers = layer_weights(self.params, self.num_layers, self.directions)
@@ -301,7 +350,7 @@ class GRU(Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, *args, backend="auto", **kwargs):
         self.backend = backend
-        self.cell = Cell(3, *one_state(*backends.gru_functions(backend)))
+        self.cell = gru_cell(backend)
         super().__init__(input_size, hidden_size, num_layers, *args, **kwargs)
 
 
@@ -321,7 +370,5 @@ class RNN(Recurrent):
         **kwargs,
     ):
         self.nonlinearity, self.backend = check_nonlinearity(nonlinearity), backend
-        forward, backward = backends.rnn_functions(backend)
-        forward = functools.partial(forward, nonlinearity=nonlinearity)
-        self.cell = Cell(1, *one_state(forward, backward))
+        self.cell = rnn_cell(backend, nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, *args, **kwargs)

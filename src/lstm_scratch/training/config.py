@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.model.backend import BACKENDS
-from lstm_scratch.model.charlm import ModelConfig
+from lstm_scratch.model.charlm import CELLS, ModelConfig
 from lstm_scratch.training.optim import OPTIMIZERS, SCHEDULES
 
 GROUPS = ("data", "model", "optimisation", "the run")  # the sections of `train --help`
@@ -53,27 +53,33 @@ class TrainConfig:
         shown="every character",
         metavar="K",
     )
-    hidden_size: int = setting("model", 128, "units in each LSTM layer")
-    num_layers: int = setting("model", 2, "stacked LSTM layers")
+    cell: str = setting(
+        "model",
+        "lstm",
+        "the recurrent layers: lstm, gru (torch.nn.GRU's) or rnn (an Elman RNN with tanh)",
+        choices=tuple(CELLS),
+    )
+    hidden_size: int = setting("model", 128, "units in each recurrent layer")
+    num_layers: int = setting("model", 2, "stacked recurrent layers")
     embed_size: int = setting(
         "model", 32, "the width of the character embedding; 0 feeds one-hot vectors"
     )
     dropout: float = setting(
         "model",
         0.0,
-        "the dropout probability on the input of LSTM layers 2..L and on the last layer's output",
+        "the dropout probability on the input of layers 2..L and on the last layer's output",
     )
     init: str = setting(
         "model",
         "pytorch",
-        "weight initialisation: pytorch, uniform in ±1/sqrt(H) as torch.nn.LSTM; or xavier, per "
+        "weight initialisation: pytorch, uniform in ±1/sqrt(H) as torch.nn's; or xavier, per "
         "gate with zero biases, as the original notebook",
         choices=("pytorch", "xavier"),
     )
     forget_bias: float | None = setting(
         "model",
         None,
-        "set the forget gates' initial bias to this value",
+        "set an LSTM's forget gates' initial bias to this value",
         shown="as --init sets it",
     )
     dtype: str = setting(
@@ -312,3 +318,5 @@ def validate(config: TrainConfig) -> None:
         allowed, value = option.metadata["choices"], getattr(config, option.name)
         if allowed is not None and value not in allowed:
             raise ConfigError(f"unknown {option.name} {value!r}: choose from {allowed}")
+    if config.forget_bias is not None and config.cell != "lstm":
+        raise ConfigError(f"--forget-bias sets an LSTM's forget gates; a {config.cell} has none")

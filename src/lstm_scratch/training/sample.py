@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.fast import host
-from lstm_scratch.model.charlm import CharLM, Stepper
+from lstm_scratch.model.charlm import CharLM
 
 
 def next_char_distribution(logits, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
@@ -67,7 +67,7 @@ def sample(
     with threadpool_limits(threads, user_api="blas"):
         logits, state, _ = model.forward(np.asarray(prime_ids).reshape(-1, 1))  # (T, 1, V)
         logits = logits[-1]  # (1, V)
-        stepper, ids = Stepper(model, state), np.zeros(1, dtype=np.intp)  # (1,)
+        stepper, ids = model.stepper(state), np.zeros(1, dtype=np.intp)  # (1,)
         out = []
         for _ in range(length):
             probs = next_char_distribution(logits[0], temperature, top_k, top_p)

@@ -105,11 +105,11 @@ class Run:
 
 @dataclass
 class Progress:
-    """What changes as the run goes: the step, this rank's carried LSTM state, the last
+    """What changes as the run goes: the step, this rank's carried recurrent state, the last
     evaluation, the record a checkpoint keeps of the run's course, and this call's clock."""
 
     step: int
-    state: tuple[np.ndarray, np.ndarray]  # (L, b, H) h and c of this rank's rows
+    state: tuple  # (L, b, H) h and c (LSTM) or h (GRU, RNN) of this rank's rows
     record: dict  # best_val, bad_evals, elapsed, schedule_steps, skipped, …, data_sha256
     metrics: dict  # the last evaluation
     first_step: int = 0  # this call's first step
@@ -314,7 +314,8 @@ def _restore(saved, model, optimizer, rng, record: dict, rows) -> tuple:
     optimizer.load_state(moments, train_meta["optimizer"])
     rng.bit_generator.state = train_meta["rng"]
     first_row, end_row, _ = rows
-    state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in "hc")
+    names = "hc"[: model.state_size]  # state.h, and state.c for the LSTM
+    state = tuple(train_tensors[f"state.{k}"][:, first_row:end_row].copy() for k in names)
     record.update({k: train_meta.get(k, v) for k, v in record.items()})
     return state, train_meta["step"], meta.get("metrics") or {}
 
@@ -458,7 +459,8 @@ def _save(run: Run, progress: Progress, best: bool) -> None:
         return
     progress.record["elapsed"] = time.perf_counter() - progress.started
     tensors = {f"optimizer.{k}": v for k, v in run.optimizer.state_tensors().items()}
-    tensors.update({"state.h": state[0], "state.c": state[1]})  # (L, B, H) each
+    names = "hc"[: len(state)]  # state.h, and state.c for the LSTM
+    tensors.update({f"state.{k}": part for k, part in zip(names, state, strict=True)})
     train_meta = {
         "step": step,
         "rng": run.rng.bit_generator.state,
