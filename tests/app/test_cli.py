@@ -68,7 +68,7 @@ def test_help_is_plain_text_and_shows_every_default(capsys):
     code, out, _ = run(capsys, "train", "--help")
     text = " ".join(out.split())  # argparse wraps the lines
     assert code == 0
-    assert "--hidden-size N units in each LSTM layer (default: 128)" in text
+    assert "--hidden-size N units in each recurrent layer (default: 128)" in text
     assert "--lower lowercase the text before training (default: off)" in text
     assert "--steps N train for N steps; replaces a preset's --epochs (default: 1000" in text
     assert text.count("(default: ") == len(dataclasses.fields(TrainConfig)) + 4
@@ -587,3 +587,31 @@ def test_a_run_saved_before_cells_existed_loads_samples_and_resumes(capsys, tmp_
     assert resumed.keys() == expected.keys()
     for name in expected:
         np.testing.assert_allclose(resumed[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("cell", "fragments"),
+    [
+        ("transformer", ["unknown cell 'transformer': choose from lstm, gru, rnn"]),
+        ("gru", ["state dict mismatch: missing ['gru.weight_ih_l0'"]),
+    ],
+)
+def test_a_checkpoint_whose_cell_does_not_fit_is_one_line(
+    capsys, tmp_path, text_file, cell, fragments
+):
+    """A model file whose config names an unknown cell, or a cell its tensors are not: sample,
+    eval and export say so in one line, exit 2."""
+    run_dir, bad = tmp_path / "run", tmp_path / "bad"
+    assert run(capsys, "train", "--data", text_file, "--steps", 2, "--out", run_dir, *SMALL)[0] == 0
+    tensors, meta = checkpoint.load_checkpoint(run_dir)
+    meta["model"]["cell"] = cell
+    checkpoint.save_checkpoint(bad, tensors, meta)
+    for args in (
+        ["sample", bad],
+        ["eval", bad, "--data", text_file],
+        ["export", bad, "--to", "torch", tmp_path / "w.st"],
+    ):
+        code, _, err = run(capsys, *args)
+        assert_one_line_error(
+            code, err, "the checkpoint does not describe a usable model", *fragments
+        )

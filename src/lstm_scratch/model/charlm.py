@@ -48,6 +48,9 @@ class ModelConfig:
     dtype: str = "float32"
     cell: str = "lstm"  # or "gru", or "rnn" (tanh); a checkpoint without it holds an LSTM
 
+    def __post_init__(self):
+        check_cell(self)
+
 
 class CharLMCache(NamedTuple):
     embedding: ops.EmbeddingCache | None  # None for one-hot input, which needs no gradient
@@ -70,7 +73,6 @@ class CharLM:
         backends.resolve(backend)  # fail early on a bad name
         self.backend = backend  # how the LSTM layers run, never what they compute
         self.dtype = np.dtype(config.dtype)
-        check_cell(config)
         V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
         shapes = {"embedding.weight": (V, E)} if E else {}
         layer_shapes = parameter_shapes(CELLS[config.cell], E or V, H, L, True, 1)
