@@ -429,6 +429,10 @@ def test_what_charlm_cannot_compute_is_refused(tmp_path, capsys):
             {**lstm_tensors(), **rest, "rnn.weight_hh_l1": np.zeros((48, 11), np.float32)},
             "'rnn.weight_hh_l1' is (48, 11), not (48, 12)",
         ),
+        "scalar-weight": (
+            {**lstm_tensors(), **rest, "rnn.weight_ih_l0": np.zeros((), np.float32)},
+            "the LSTM 'rnn.': rnn.weight_ih_l0 is (), not (G·H, input)",
+        ),
         "half-biases": (
             {k: v for k, v in lstm_tensors().items() if k != "rnn.bias_hh_l1"} | rest,
             "has no 'rnn.bias_hh_l1'",

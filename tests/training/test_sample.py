@@ -39,29 +39,32 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     assert np.allclose(probs[kept], expected / expected.sum())  # renormalised, order kept
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize(
     ("embed_size", "dtype"), [(0, "float32"), (0, "float64"), (4, "float32"), (4, "float64")]
 )
-def test_stepper_equals_forward_one_step_at_a_time(embed_size, dtype, backend):
-    """The stepper (generation's one path: no cache, buffers kept, one-hot rows from a table
-    made once) computes what forward computes over the whole sequence, logits and state, from
-    any state, on either backend (numba's step does its gate arithmetic in one compiled call)."""
+def test_stepper_equals_forward_one_step_at_a_time(embed_size, dtype, backend, cell):
+    """The model's stepper (the LSTM's ``Stepper``: no cache, buffers kept, one-hot rows from a
+    table made once; the GRU's and RNN's ``SequenceStepper``: forward one step at a time on the
+    reference's layers) computes what forward computes over the whole sequence, logits and
+    state, from any state, on either backend."""
     if backend == "numba":
         pytest.importorskip("numba")
-    config = ModelConfig(9, hidden_size=6, num_layers=2, embed_size=embed_size, dtype=dtype)
+    config = ModelConfig(9, 6, 2, embed_size, dtype=dtype, cell=cell)
     model = CharLM(config, seed=1, backend=backend)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 9, (6, 3))  # (T, B)
-    state = tuple(rng.standard_normal((2, 3, 6)).astype(dtype) for _ in range(2))  # (L, B, H)
-    logits, (h, c), _ = model.forward(ids, state)  # (T, B, V)
+    state = tuple(rng.standard_normal((2, 3, 6)).astype(dtype) for _ in range(model.state_size))
+    logits, state_n, _ = model.forward(ids, state)  # (T, B, V)
     exact = dtype == "float64"
     tolerance = {"rtol": 1e-12, "atol": 1e-13} if exact else {"rtol": 1e-5, "atol": 1e-6}
-    stepper = Stepper(model, state)
+    stepper = model.stepper(state)
+    assert isinstance(stepper, Stepper) == (cell == "lstm")
     for t in range(6):
         np.testing.assert_allclose(stepper.step(ids[t]), logits[t], **tolerance)
-    np.testing.assert_allclose(stepper.h, h, **tolerance)
-    np.testing.assert_allclose(stepper.c, c, **tolerance)
+    for ours, expected in zip(stepper.state, state_n, strict=True):
+        np.testing.assert_allclose(ours, expected, **tolerance)
 
 
 def test_draw_follows_the_probabilities():

@@ -147,7 +147,7 @@ def build_parser() -> Parser:
     p.add_argument(
         "--names",
         default=None,
-        metavar="embedding=P,lstm=P,decoder=P",
+        metavar="embedding=P,lstm|gru|rnn=P,decoder=P",
         help="the parts' module names, when their shapes do not tell them apart",
     )
     _bench_arguments(sub.add_parser("bench", help="speed against torch.nn.LSTM"))

@@ -41,7 +41,7 @@ PARTS = ("embedding", "lstm", "gru", "rnn", "decoder")  # lstm, gru, rnn: the re
 LAYER_KEYS = ("lstm", "gru", "rnn")
 CELL_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 CELL_BY_GATES = {gates: cell for cell, gates in CELLS.items()}  # 4 -> lstm, 3 -> gru, 1 -> rnn
-NAMES_HINT = "name the parts with --names embedding=P,lstm=P,decoder=P"
+NAMES_HINT = "name the parts with --names embedding=P,{cell}=P,decoder=P"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAVE_HINT = (
     "Write safetensors instead: from safetensors.torch import save_file; "
@@ -169,7 +169,10 @@ def _layers_part(prefix: str, matches: list[re.Match], shapes: dict[str, tuple])
     if layers != list(range(len(layers))):
         gap = min(set(range(layers[-1] + 1)) - set(layers))
         raise CheckpointError(f"{where} has layers {layers}: layer {gap} is missing")
-    input_size = shapes.get(f"{prefix}weight_ih_l0", (0, 0))[-1]
+    input_shape = shapes.get(f"{prefix}weight_ih_l0", ())
+    if len(input_shape) != 2:
+        raise CheckpointError(f"{where}: {prefix}weight_ih_l0 is {input_shape}, not (G·H, input)")
+    input_size = input_shape[1]
     biased = any(m["kind"].startswith("bias") for m in matches)
     every = parameter_shapes(CELLS[cell], input_size, hidden, len(layers), True, 1)
     expected = {
@@ -254,7 +257,7 @@ def _check_named(part: str, prefix: str, shapes: dict[str, tuple], shape: tuple)
         raise ConfigError(f"--names decoder={prefix}: {prefix}bias is {bias}, not {found[:1]}")
 
 
-def _part_error(found, part: str, candidates: dict, what: str, nameable: bool = True):
+def _part_error(found, part: str, candidates: dict, what: str, cell: str, nameable: bool = True):
     """One line: what was found, which part is missing or ambiguous, and how to name it (or,
     when naming one candidate would leave the others over, that the model cannot be imported)."""
     if candidates:
@@ -262,7 +265,8 @@ def _part_error(found, part: str, candidates: dict, what: str, nameable: bool = 
         problem = f"{len(candidates)} tensors could be the {part}: {listed} (each a {what})"
     else:
         problem = f"no {part}: no {what}"
-    hint = NAMES_HINT if nameable else f"CharLM has one {part}, so this model cannot be imported"
+    hint = NAMES_HINT.format(cell=cell)
+    hint = hint if nameable else f"CharLM has one {part}, so this model cannot be imported"
     return CheckpointError(f"found {_listed(found)}; {problem}; {hint}")
 
 
@@ -286,7 +290,7 @@ def _find_decoder(shapes, layers: LayersPart, taken: set[str], names: dict, foun
             pair = not biased and len(bare) == 2 and layers.input_size == hidden
             nameable = not (biased or bare) or (pair and not embedding_named)
             what = f"(V, {hidden}) weight {bias}"
-            raise _part_error(found, "decoder", biased or bare, what, nameable)
+            raise _part_error(found, "decoder", biased or bare, what, layers.cell, nameable)
         prefix = next(iter(biased or bare))
     vocab_size = shapes[prefix + "weight"][0]
     no_bias = "" if prefix + "bias" in shapes else " without a bias"
@@ -295,8 +299,8 @@ def _find_decoder(shapes, layers: LayersPart, taken: set[str], names: dict, foun
 
 
 def _find_embedding(shapes, layers: LayersPart, vocab_size: int, taken: set[str], found: list[str]):
-    """The prefix of the one (V, E) table without a bias, E the LSTM's input size; None for
-    one-hot input (no such table, and the LSTM's input size is V)."""
+    """The prefix of the one (V, E) table without a bias, E the layers' input size; None for
+    one-hot input (no such table, and the layers' input size is V)."""
     shape = (vocab_size, layers.input_size)
     tables = _tables(shapes, taken)
     tables = {p: s for p, s in tables.items() if s == shape and p + "bias" not in shapes}
@@ -307,7 +311,8 @@ def _find_embedding(shapes, layers: LayersPart, vocab_size: int, taken: set[str]
     if not tables and layers.input_size == vocab_size:
         found.append("one-hot input (no embedding)")
         return None
-    raise _part_error(found, "embedding", tables, f"{shape} table without a bias", not tables)
+    what = f"{shape} table without a bias"
+    raise _part_error(found, "embedding", tables, what, layers.cell, not tables)
 
 
 def find_parts(shapes: dict[str, tuple], names: dict[str, str] | None = None) -> Parts:

@@ -3,8 +3,8 @@
 The text's ids are cut into B contiguous rows of N characters, each row starting on the last
 character of the one before, so that every character but the first is a target exactly once
 (up to B − 1 at the very end are left over). Chunk k takes characters [k·T, k·T + T) of every row
-as inputs and the next character of each as targets, so the LSTM state left by chunk k is exactly
-the state chunk k+1 should start from. The last chunk may be shorter.
+as inputs and the next character of each as targets, so the recurrent state left by chunk k is
+exactly the state chunk k+1 should start from. The last chunk may be shorter.
 """
 
 from __future__ import annotations

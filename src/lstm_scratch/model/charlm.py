@@ -56,7 +56,7 @@ class ModelConfig:
 class CharLMCache(NamedTuple):
     embedding: ops.EmbeddingCache | None  # None for one-hot input, which needs no gradient
     recurrent: StackCache  # for the GRU and RNN, each layer's cache is a 1-tuple (one direction)
-    top_mask: np.ndarray | None  # (T, B, H) dropout on the last LSTM output
+    top_mask: np.ndarray | None  # (T, B, H) dropout on the last layer's output
     decoder_input: ops.LinearCache
 
 
@@ -72,7 +72,7 @@ class CharLM:
     def __init__(self, config: ModelConfig, seed: int = 0, backend: str = "auto"):
         self.config = config
         backends.resolve(backend)  # fail early on a bad name
-        self.backend = backend  # how the LSTM layers run, never what they compute
+        self.backend = backend  # how the layers run, never what they compute
         self.dtype = np.dtype(config.dtype)
         V, H, E, L = config.vocab_size, config.hidden_size, config.embed_size, config.num_layers
         shapes = {"embedding.weight": (V, E)} if E else {}
@@ -82,7 +82,7 @@ class CharLM:
         self.params = FlatParams(shapes, self.dtype)
         self.layers = self._layers(self.params)  # per layer, LayerWeights
         self.state_size = 2 if config.cell == "lstm" else 1  # (h, c) or (h,)
-        self.cell = {"gru": gru_cell, "rnn": rnn_cell}.get(config.cell, lambda _: None)(backend)
+        self.cell = _family_cell(config.cell, backend)  # None: the LSTM's own stack
         rng = np.random.default_rng(seed)
         initialise_layers(self.layers, rng, config.init, config.forget_bias)
         if E:  # torch.nn.Embedding's default N(0, 1)
@@ -123,7 +123,7 @@ class CharLM:
             masks = layer_dropout_masks(rng, self.config.num_layers, shape, p, self.dtype)
             masks = [None if m is None else m[:, start:stop] for m in masks]  # (T, B, H)
             top_mask = ops.dropout_mask(rng, shape, p, self.dtype)[:, start:stop]
-        state = self.zero_state(batch) if state is None else tuple(state)
+        state = self.zero_state(batch) if state is None else self._checked_state(state, batch)
         if self.config.embed_size:
             x, embed_cache = ops.embedding_forward(ids, self.params["embedding.weight"])  # (T,B,E)
         else:
@@ -187,10 +187,34 @@ class CharLM:
         dx, _ = stack_backward(self.cell, dy, layers, stack, None, masks, grad_stack)
         return dx
 
+    def _checked_state(self, state, batch: int) -> tuple:
+        """``state`` as a tuple of (L, B, H) arrays, or a ValueError naming what is expected."""
+        shape = (self.config.num_layers, batch, self.config.hidden_size)  # (L, B, H)
+        what = "(h, c)" if self.state_size == 2 else "(h,)"
+        parts = tuple(state) if isinstance(state, tuple | list) else None
+        if (
+            parts is None
+            or len(parts) != self.state_size
+            or any(np.shape(part) != shape for part in parts)
+        ):
+            raise ValueError(f"the state must be a tuple {what} of {shape} (L, B, H) arrays")
+        return parts
+
+    def on_reference(self) -> CharLM:
+        """This model, its parameters shared, on the reference's layers (``backend`` numpy)."""
+        twin = copy.copy(self)
+        twin.backend, twin.cell = "numpy", _family_cell(self.config.cell, "numpy")
+        return twin
+
     def stepper(self, state):
         """A generation stepper from ``state``: ``Stepper`` for the LSTM, ``SequenceStepper``
         for the GRU and the RNN."""
         return Stepper(self, state) if self.cell is None else SequenceStepper(self, state)
+
+
+def _family_cell(cell: str, backend: str):
+    """The ``recurrent.Cell`` of a GRU or RNN model on ``backend``; None for the LSTM."""
+    return {"gru": gru_cell, "rnn": rnn_cell}[cell](backend) if cell != "lstm" else None
 
 
 def check_cell(config: ModelConfig) -> None:
@@ -208,8 +232,7 @@ class SequenceStepper:
     samples at 0.12 ms a character so, 2.6 ms through the compiled loop)."""
 
     def __init__(self, model: CharLM, state):
-        self.model = copy.copy(model)  # the same parameters, the reference's layers
-        self.model.cell = {"gru": gru_cell, "rnn": rnn_cell}[model.config.cell]("numpy")
+        self.model = model.on_reference()
         self.state = tuple(np.array(a, dtype=model.dtype) for a in state)  # (L, B, H) each
 
     def step(self, ids) -> np.ndarray:
@@ -234,6 +257,7 @@ class Stepper:
     def __init__(self, model: CharLM, state):
         self.model = model
         self.h, self.c = (np.array(a, dtype=model.dtype) for a in state)  # (L, B, H) each
+        self.state = (self.h, self.c)  # the same arrays, which each step overwrites
         _, batch, hidden = self.h.shape
         self.layer = backends.layer_functions(model.backend, batch, hidden)
         self.buffers = [new_step_buffers(batch, hidden, model.dtype) for _ in model.layers]

@@ -5,7 +5,7 @@
 computes its gradients, and one in-place Allreduce of one flat buffer (all gradients and the loss)
 sums them, each rank's share weighted by its rows, so every rank applies the same update and the
 weights stay identical. Rank 0 alone prints, evaluates, decides when to stop (broadcast each
-step) and writes checkpoints; the carried LSTM state is gathered to it for the checkpoint, so a
+step) and writes checkpoints; the carried recurrent state is gathered to it for the checkpoint, so a
 run saved under N ranks resumes under M. Without mpiexec, ``world()`` is a one-rank stand-in and
 none of this costs anything.
 """

@@ -1,9 +1,9 @@
 """The training loop: truncated BPTT over minibatches, evaluation, checkpoints, exact resume.
 
 Everything a resumed run needs is in the checkpoint: weights, optimizer moments, the step (which
-fixes the data cursor and the schedule), the dropout generator's state, and the LSTM state carried
-from the last chunk. So a run stopped at any step and resumed ends with the same weights, bit for
-bit, as a run that was never stopped.
+fixes the data cursor and the schedule), the dropout generator's state, and the recurrent state
+carried from the last chunk. So a run stopped at any step and resumed ends with the same
+weights, bit for bit, as a run that was never stopped.
 
 train() reads top to bottom, in the phases of its helpers below: set up or resume (``Run``, what
 is fixed for the call, and ``Progress``, what changes), one training step, evaluate and track the
