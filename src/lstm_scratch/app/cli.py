@@ -1,4 +1,4 @@
-"""The command line of lstm-scratch: train, sample, eval, plot, export, import and bench.
+"""The command line of lstm-scratch: train, sample, eval, plot, export, import, show and bench.
 
 It only parses arguments and calls the library. The train command's flags are built from the
 fields of TrainConfig (training/config.py), which hold each setting's default, help and choices.
@@ -13,10 +13,11 @@ import json
 import os
 import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 
-from lstm_scratch.app import interop, plot
+from lstm_scratch.app import interop, plot, show
 from lstm_scratch.errors import LstmScratchError
 from lstm_scratch.model import data
 from lstm_scratch.model.memory import out_of_memory_message
@@ -150,6 +151,12 @@ def build_parser() -> Parser:
         metavar="embedding=P,lstm|gru|rnn=P,decoder=P",
         help="the parts' module names, when their shapes do not tell them apart",
     )
+    p = sub.add_parser("show", help="an HTML page of what the units do along a text")
+    p.add_argument("checkpoint")
+    p.add_argument("--text", required=True, metavar="FILE", help="the text to run the model on")
+    p.add_argument("--out", default=None, help="the page to write (default: RUN/show.html)")
+    p.add_argument("--max-chars", type=int, default=show.MAX_CHARS, help="show at most N chars")
+    p.add_argument("--encoding", default="utf-8")
     _bench_arguments(sub.add_parser("bench", help="speed against torch.nn.LSTM"))
     return parser
 
@@ -324,6 +331,28 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    if args.max_chars < 1:
+        raise data.DataError(f"--max-chars must be >= 1, got {args.max_chars}")
+    model, vocab, meta = load_model(args.checkpoint)
+    lower = meta.get("train_config", {}).get("lower", False)
+    text = data.load_text(args.text, args.encoding, lower)
+    if len(text) > args.max_chars:
+        print(f"showing the first {args.max_chars:,} of {len(text):,} characters (--max-chars)")
+        text = text[: args.max_chars]
+    unknown = int((~vocab.known(text)).sum())
+    if unknown:
+        print(f"{unknown} characters not in the model's vocabulary are shown grey, unread")
+    config = model.config
+    about = (
+        f"{config.cell.upper()}, {config.num_layers} × {config.hidden_size} units, step "
+        f"{meta.get('step', '?')} of {args.checkpoint}; {len(text):,} characters of {args.text}"
+    )
+    out = args.out or Path(args.checkpoint) / "show.html"
+    print(f"wrote {show.write_page(model, vocab, text, out, about)}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from lstm_scratch.bench import harness as bench  # torch and the bench stay out of the rest
 
@@ -358,6 +387,7 @@ def main(argv=None) -> int:
         "plot": cmd_plot,
         "export": cmd_export,
         "import": cmd_import,
+        "show": cmd_show,
         "bench": cmd_bench,
     }[args.command]
     try:

@@ -209,6 +209,10 @@ class Vocab:
         ids[~known] = self._order[np.searchsorted(self._sorted_codes, ord(unknown))]
         return ids
 
+    def known(self, text: str) -> np.ndarray:
+        """A bool per character of ``text``: in the vocabulary or not."""
+        return self._lookup(text)[2]
+
     def encode_known(self, text: str) -> tuple[np.ndarray, Counter[str]]:
         """Ids (int32) of the known characters, and a Counter of the dropped unknown ones."""
         codes, ids, known = self._lookup(text)
