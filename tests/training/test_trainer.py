@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lstm_scratch.errors import TrainingError
+from lstm_scratch.errors import ConfigError, TrainingError
 from lstm_scratch.model.charlm import CharLM
 from lstm_scratch.model.data import HAMLET
 from lstm_scratch.training import checkpoint
@@ -350,3 +351,53 @@ def test_a_streak_of_skips_spans_a_resume(tmp_path, monkeypatch):
     quiet_train(config, out=tmp_path / "parts", stop_after=9)
     with pytest.raises(TrainingError, match=r"at step 16, and at the 10 steps before it"):
         quiet_train(resume=tmp_path / "parts")
+
+
+def test_a_schedule_by_time_follows_the_clock_and_resumes_exactly(tmp_path, monkeypatch):
+    """--schedule-by time under a clock that moves 2 s per training step: each reported rate is
+    the cosine of its step's start time over the 60 s limit, written out here; a run stopped at
+    step 11 and resumed ends with the same weights, bit for bit; without --steps the run lasts
+    until the limit (at 0.05 s a step, past the 1,000 steps a run has by default)."""
+    steps_done = [0]
+    real = CharLM.loss_and_grads
+
+    def counted(self, *args, **kwargs):
+        steps_done[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharLM, "loss_and_grads", counted)
+    tick = [2.0]  # seconds a step takes
+    clock = types.SimpleNamespace(perf_counter=lambda: tick[0] * steps_done[0])
+    monkeypatch.setattr(train_module, "time", clock)
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    options = dict(data=str(path), val_fraction=0.0, eval_every=8, seed=4, **TINY)
+    options.update(schedule="cosine", schedule_by="time", time_limit=1.0, warmup_steps=2)
+    options.update(optimizer="adamw", lr=0.02, min_lr_ratio=0.1)
+
+    whole = quiet_train(make_config(steps=24, **options), out=tmp_path / "whole")
+    for m in metrics(whole.out):  # the rate of step m - 1, which began at 2 (m - 1) s
+        progress = 2.0 * (m["step"] - 1) / 60.0
+        expected = 0.002 + 0.5 * (0.02 - 0.002) * (1 + math.cos(math.pi * progress))
+        assert m["lr"] == pytest.approx(expected, rel=1e-12), m["step"]
+
+    steps_done[0] = 0
+    quiet_train(make_config(steps=24, **options), out=tmp_path / "parts", stop_after=11)
+    assert checkpoint.load_train_state(tmp_path / "parts")[1]["step"] == 11
+    parts = quiet_train(resume=tmp_path / "parts")
+    assert parts.step == 24
+    for name, value in whole.model.params.state_dict().items():
+        assert np.array_equal(parts.model.params[name], value), name
+
+    steps_done[0], tick[0] = 0, 0.05  # 1,200 steps in the limit: more than the default 1,000
+    options.update(eval_every=400)
+    unbounded = quiet_train(make_config(**options), out=tmp_path / "until")
+    assert (unbounded.step, unbounded.stopped_by) == (1200, "time-limit")
+    last = metrics(unbounded.out)[-1]
+    assert last["lr"] == pytest.approx(0.002 + 0.009 * (1 + math.cos(math.pi * 59.95 / 60)))
+
+
+def test_a_schedule_by_time_needs_a_time_limit_and_a_cosine():
+    for options in (dict(schedule="cosine"), dict(time_limit=5.0)):
+        with pytest.raises(ConfigError, match="--schedule-by time shapes a cosine"):
+            make_config(schedule_by="time", **options)

@@ -126,6 +126,14 @@ class TrainConfig:
         "the last step) or step (times --gamma every --step-size steps)",
         choices=SCHEDULES,
     )
+    schedule_by: str = setting(
+        "optimisation",
+        "steps",
+        "what the cosine schedule follows: steps (of --steps or --epochs), or time, the run's "
+        "elapsed time toward --time-limit, so that it ends its decay at the limit on any host; "
+        "with time and neither --steps nor --epochs, the run lasts until the limit",
+        choices=("steps", "time"),
+    )
     warmup_steps: int = setting(
         "optimisation", 0, "steps of linear warmup up to --lr, before the schedule"
     )
@@ -318,5 +326,7 @@ def validate(config: TrainConfig) -> None:
         allowed, value = option.metadata["choices"], getattr(config, option.name)
         if allowed is not None and value not in allowed:
             raise ConfigError(f"unknown {option.name} {value!r}: choose from {allowed}")
+    if config.schedule_by == "time" and (config.time_limit is None or config.schedule != "cosine"):
+        raise ConfigError("--schedule-by time shapes a cosine toward --time-limit: give both")
     if config.forget_bias is not None and config.cell != "lstm":
         raise ConfigError(f"--forget-bias sets an LSTM's forget gates; a {config.cell} has none")

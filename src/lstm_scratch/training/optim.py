@@ -232,7 +232,8 @@ def make_optimizer(
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule. ``total_steps`` is needed by "cosine", ``step_size`` by "step".
+    """Learning-rate schedule. ``total_steps`` is needed by "cosine" (or ``total_seconds``, for a
+    cosine that follows elapsed time), ``step_size`` by "step".
 
     The fields that TrainConfig also has carry the same names: ``TrainConfig.pick`` fills them.
     """
@@ -240,6 +241,7 @@ class ScheduleConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     total_steps: int | None = None
+    total_seconds: float | None = None  # a cosine over elapsed time, not steps
     min_lr_ratio: float = 0.1
     step_size: int | None = None
     gamma: float = 0.5
@@ -251,7 +253,10 @@ def validate_schedule(schedule: ScheduleConfig) -> None:
     valid = ", ".join(SCHEDULES)
     _require(kind in SCHEDULES, f"unknown learning-rate schedule {kind!r} (valid: {valid})")
     _require(warmup >= 0, f"warmup steps must be >= 0, got {warmup}")
-    if kind == "cosine":
+    if kind == "cosine" and schedule.total_seconds is not None:
+        seconds = schedule.total_seconds
+        _require(seconds > 0, f"a cosine over time needs a positive duration, got {seconds}")
+    elif kind == "cosine":
         total_ok = total is not None and total > warmup
         _require(total_ok, f"cosine needs total steps ({total}) > warmup steps ({warmup})")
         ratio = schedule.min_lr_ratio
@@ -262,12 +267,14 @@ def validate_schedule(schedule: ScheduleConfig) -> None:
         _require(schedule.gamma > 0, f"step schedule gamma must be positive, got {schedule.gamma}")
 
 
-def lr_at(step: int, base_lr: float, schedule: ScheduleConfig) -> float:
-    """The learning rate for ``step`` (counted from 0).
+def lr_at(step: int, base_lr: float, schedule: ScheduleConfig, elapsed: float = 0.0) -> float:
+    """The learning rate for ``step`` (counted from 0), which begins ``elapsed`` seconds into
+    the run.
 
     Warmup (any kind): ``base_lr * (step + 1) / (warmup_steps + 1)`` for step < warmup_steps.
     Then "constant": ``base_lr``; "cosine": cosine from ``base_lr`` at the end of warmup down
-    to ``min_lr_ratio * base_lr`` at ``total_steps``, constant after; "step":
+    to ``min_lr_ratio * base_lr`` at ``total_steps``, constant after (with ``total_seconds``:
+    from ``base_lr`` at 0 s down to the same floor at ``total_seconds`` of ``elapsed``); "step":
     ``base_lr * gamma ** (step // step_size)``.
     """
     validate_schedule(schedule)
@@ -276,15 +283,22 @@ def lr_at(step: int, base_lr: float, schedule: ScheduleConfig) -> float:
     if step < schedule.warmup_steps:
         return base_lr * (step + 1) / (schedule.warmup_steps + 1)
     if schedule.schedule == "cosine":
-        assert schedule.total_steps is not None
-        span = schedule.total_steps - schedule.warmup_steps
-        progress = min(1.0, (step - schedule.warmup_steps) / span)
+        progress = _cosine_progress(step, elapsed, schedule)  # 0 -> 1
         min_lr = schedule.min_lr_ratio * base_lr
         return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
     if schedule.schedule == "step":
         assert schedule.step_size is not None
         return base_lr * schedule.gamma ** (step // schedule.step_size)
     return float(base_lr)
+
+
+def _cosine_progress(step: int, elapsed: float, schedule: ScheduleConfig) -> float:
+    """How far along the cosine is, from 0 to 1: by elapsed time, or by steps after warmup."""
+    if schedule.total_seconds is not None:
+        return min(1.0, max(elapsed, 0.0) / schedule.total_seconds)
+    assert schedule.total_steps is not None
+    span = schedule.total_steps - schedule.warmup_steps
+    return min(1.0, (step - schedule.warmup_steps) / span)
 
 
 def clip_grad_norm_(grads: np.ndarray, max_norm: float) -> float:

@@ -84,7 +84,7 @@ class Run:
     val_ids: np.ndarray
     rows: tuple[int, int, int]  # this rank's first and end row of every batch, the batch's rows
     seq_len: int  # as fitted to the text
-    total_steps: int
+    total_steps: int | None  # None: until the time limit (a schedule by time, no --steps)
     model: CharLM
     optimizer: FlatOptimizer
     rng: np.random.Generator  # dropout masks
@@ -154,7 +154,7 @@ def train(
     with _running(run, progress, quiet) as (stop, bar, metrics_file):
         if run.lead and not run.resumed:  # a new run: its settings first
             write_run_file(run.out, run.config, run.data_sha256)
-        while progress.step < run.total_steps:
+        while run.total_steps is None or progress.step < run.total_steps:
             stats = _train_step(run, progress, log)
             _show(bar, stats, progress.metrics)
             seconds = time.perf_counter() - progress.this_call
@@ -211,17 +211,26 @@ def _set_up(config, out, resume, overrides, log) -> tuple[Run, Progress]:
     chunks, rows, seq_len = _batches(config, train_ids, comm, notes)
     if config.epochs is not None:
         total_steps = math.ceil(config.epochs * chunks.num_chunks)
-    else:
+    elif config.steps is not None or config.schedule_by == "steps":
         total_steps = config.steps or 1000
+    else:  # a schedule by time and no length: the time limit ends the run
+        total_steps = None
     model, optimizer = _model_and_optimizer(config, len(vocab), rows, seq_len, comm)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
     saved = point.saved if point else None
-    progress = _progress(saved, model, optimizer, rng, rows, total_steps)
+    seconds = config.time_limit * 60 if config.schedule_by == "time" else None
+    progress = _progress(saved, model, optimizer, rng, rows, total_steps, seconds)
     progress.record["data_sha256"] = data_sha256  # a resume checks that its text is the same
     out = _run_folder(out, point.folder if point else None, config, comm)
     # the schedule's length stays that of the run as first planned: a resume that extends
-    # --steps continues at the schedule's final rate instead of stretching it out again
-    schedule = config.pick(ScheduleConfig, total_steps=progress.record["schedule_steps"])
+    # --steps (or gives another --time-limit) continues at the schedule's final rate instead of
+    # stretching it out again
+    planned = progress.record
+    schedule = config.pick(
+        ScheduleConfig,
+        total_steps=planned["schedule_steps"],
+        total_seconds=planned["schedule_seconds"],
+    )
     validate_schedule(schedule)
     run = Run(
         config=config,
@@ -287,11 +296,13 @@ def _model_and_optimizer(config: TrainConfig, vocab_size: int, rows, seq_len: in
     return model, optimizer
 
 
-def _progress(saved, model, optimizer, rng, rows, total_steps: int) -> Progress:
+def _progress(saved, model, optimizer, rng, rows, total_steps, seconds) -> Progress:
     """A new run's progress, or the one ``saved`` holds (a resume: the model, the optimizer
-    and the dropout generator are restored too)."""
+    and the dropout generator are restored too). ``total_steps`` and ``seconds`` are the
+    schedule's planned length in steps or in seconds of elapsed time (None where unused)."""
     first_row, end_row, _ = rows
     record = {"best_val": None, "bad_evals": 0, "elapsed": 0.0, "schedule_steps": total_steps}
+    record["schedule_seconds"] = seconds
     record.update(skipped=0, skipped_in_a_row=0)  # batches skipped for a NaN or infinity
     progress = Progress(0, model.zero_state(end_row - first_row), record, {})
     if saved is not None:
@@ -354,6 +365,9 @@ def _train_step(run: Run, progress: Progress, log) -> StepStats:
     the ranks and clipped, and the update; or, on a NaN or infinity, the stop or the skip."""
     config, model = run.config, run.model
     first_row, end_row, batch_size = run.rows
+    elapsed = 0.0  # when this step begins, in seconds of the run: rank 0's clock for all
+    if run.schedule.total_seconds is not None:
+        elapsed = run.comm.bcast(time.perf_counter() - progress.started)
     chunk = progress.step % run.chunks.num_chunks
     if chunk == 0:  # a new epoch starts from a zero state
         progress.state = model.zero_state(end_row - first_row)
@@ -365,7 +379,7 @@ def _train_step(run: Run, progress: Progress, log) -> StepStats:
     share = (end_row - first_row) / batch_size if config.loss_reduction == "mean" else 1.0
     loss = distributed.sum_gradients(run.comm, grads.flat, loss, share)
     norm = clip_grad_norm_(grads.flat, config.grad_clip or np.inf)
-    lr = lr_at(progress.step, config.lr, run.schedule)
+    lr = lr_at(progress.step, config.lr, run.schedule, elapsed)
     problem = _nonfinite(loss, norm)
     if problem is None:
         progress.record["skipped_in_a_row"] = 0
