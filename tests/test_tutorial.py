@@ -38,7 +38,8 @@ def test_the_tutorial_runs_and_shows_what_it_says(tmp_path, shakespeare, monkeyp
     wrong = float(re.search(r"notebook's formula: relative error (\S+)", text)[1])
     assert right < 1e-6 < 0.1 < wrong, (right, wrong)
     assert "teacher-forced accuracy, best checkpoint" in text and "100.00%" in text
-    assert re.search(r"largest difference, h: \S+e-1\d", text)
+    found = re.search(r"largest difference, h: (\S+)  c: (\S+)", text)
+    assert max(float(found[1]), float(found[2])) < 1e-12
     assert "position in line: layer 0" in text
     images = sum(
         "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])

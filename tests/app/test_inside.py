@@ -49,6 +49,28 @@ def test_lstm_unit_values_equal_torch_stepped_by_hand(backend):
     np.testing.assert_allclose(logits, expected_logits.numpy(), atol=1e-12)
 
 
+def test_gru_unit_values_equal_torch_s_equations_written_out():
+    """h and the gates r, z, n of a one-layer GRU, every step, from torch.nn.GRU's equations."""
+    model = CharLM(ModelConfig(7, 5, 1, 0, dtype="float64", cell="gru"), seed=3)
+    rng = np.random.default_rng(2)
+    model.params.flat[:] = rng.normal(0, 0.8, model.params.flat.size)
+    ids = rng.integers(0, 7, 12)
+    values, _ = inside.unit_values(model, ids)
+    w = {k: torch.from_numpy(v.copy()) for k, v in model.params.state_dict().items()}
+    h, rows = torch.zeros(5, dtype=torch.float64), []
+    for t in ids:
+        x_part = w["gru.weight_ih_l0"][:, t] + w["gru.bias_ih_l0"]  # one-hot input: a column
+        h_part = w["gru.weight_hh_l0"] @ h + w["gru.bias_hh_l0"]
+        (xr, xz, xn), (hr, hz, hn) = x_part.chunk(3), h_part.chunk(3)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        rows.append({"h": h, "r": r, "z": z, "n": n})
+    for kind in inside.KINDS["gru"]:
+        expected = torch.stack([row[kind] for row in rows]).numpy()  # (T, H)
+        np.testing.assert_allclose(values[(0, kind)], expected, atol=1e-12, err_msg=kind)
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_gru_and_rnn_hidden_values_equal_torch(cell):
     model = CharLM(ModelConfig(9, 5, 2, 0, dtype="float64", cell=cell), seed=2)

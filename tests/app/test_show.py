@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SMALL, assert_one_line_error, run
 from lstm_scratch.app import inside, show
+from lstm_scratch.errors import DataError
 from lstm_scratch.model.charlm import CharLM, ModelConfig
 from lstm_scratch.model.data import HAMLET, Vocab
 
@@ -46,6 +47,18 @@ def test_the_page_holds_the_model_s_values_and_predictions(cell):
     for t, top in enumerate(data["top"]):
         assert [i for i, _ in top] == list(np.argsort(-probs[t], kind="stable")[:5])
         assert [p for _, p in top] == pytest.approx(np.sort(probs[t])[::-1][:5], abs=1e-4)
+
+
+def test_a_constant_unit_is_white_and_a_non_finite_model_one_line():
+    q, low, high = show.quantized("c", np.zeros((4, 2)))
+    assert set(base64.b64decode(q)) == {128} and low == high == [0.0, 0.0]
+    q, _, _ = show.quantized("f", np.full((4, 2), 0.3))
+    assert set(base64.b64decode(q)) == {0}
+    vocab = Vocab(list("ab"))
+    model = CharLM(ModelConfig(2, 3), seed=0)
+    model.params.flat[:] = np.nan
+    with np.errstate(invalid="ignore"), pytest.raises(DataError, match="non-finite"):
+        show.page_data(model, vocab, "abab", "")
 
 
 def test_no_text_closes_the_script_element():
@@ -119,6 +132,21 @@ def test_the_page_works_in_a_real_browser(page, tmp_path):
                        document.dispatchEvent(new MouseEvent('mouseup')); }"""
         )
         assert tab.locator("#span a").count() == 12
+        header = tab.text_content("#span div")
+        tab.evaluate(  # the same characters, the end at the start of the next one
+            """() => { const spans = document.querySelectorAll('#text span');
+                       const range = document.createRange();
+                       range.setStart(spans[9].firstChild, 1);
+                       range.setEnd(spans[31].firstChild, 0);
+                       const s = window.getSelection(); s.removeAllRanges(); s.addRange(range);
+                       document.dispatchEvent(new MouseEvent('mouseup')); }"""
+        )
+        assert tab.text_content("#span div") == header
+        chars = tab.evaluate(
+            "() => [...document.querySelectorAll('#text span')].slice(10, 31)"
+            ".map(s => s.textContent).join('')"
+        )
+        assert header == f"over «{chars}»:"
         tab.locator("#span a").first.click()
         tab.screenshot(path=str(tmp_path / "show.png"))
         browser.close()

@@ -357,7 +357,8 @@ def test_a_schedule_by_time_follows_the_clock_and_resumes_exactly(tmp_path, monk
     """--schedule-by time under a clock that moves 2 s per training step: each reported rate is
     the cosine of its step's start time over the 60 s limit, written out here; a run stopped at
     step 11 and resumed ends with the same weights, bit for bit; without --steps the run lasts
-    until the limit (at 0.05 s a step, past the 1,000 steps a run has by default)."""
+    until the limit (at 0.05 s a step, past the 1,000 steps a run has by default), judges its
+    last evaluation as a last step's, and a resume of it has nothing left to do."""
     steps_done = [0]
     real = CharLM.loss_and_grads
 
@@ -390,11 +391,16 @@ def test_a_schedule_by_time_follows_the_clock_and_resumes_exactly(tmp_path, monk
         assert np.array_equal(parts.model.params[name], value), name
 
     steps_done[0], tick[0] = 0, 0.05  # 1,200 steps in the limit: more than the default 1,000
-    options.update(eval_every=400)
+    options.update(eval_every=500)
     unbounded = quiet_train(make_config(**options), out=tmp_path / "until")
-    assert (unbounded.step, unbounded.stopped_by) == (1200, "time-limit")
-    last = metrics(unbounded.out)[-1]
-    assert last["lr"] == pytest.approx(0.002 + 0.009 * (1 + math.cos(math.pi * 59.95 / 60)))
+    assert (unbounded.step, unbounded.stopped_by) == (1200, "done")
+    lines = metrics(unbounded.out)
+    assert [m["step"] for m in lines] == [500, 1000, 1200]
+    assert lines[-1]["lr"] == pytest.approx(0.002 + 0.009 * (1 + math.cos(math.pi * 59.95 / 60)))
+    record = checkpoint.load_train_state(unbounded.out)[1]
+    assert record["best_val"] == min(m["val_loss"] for m in lines)  # the end is judged too
+    again = quiet_train(resume=unbounded.out)  # its seconds are spent: nothing more to do
+    assert (again.step, again.stopped_by) == (1200, "done")
 
 
 def test_a_schedule_by_time_needs_a_time_limit_and_a_cosine():

@@ -348,7 +348,8 @@ def cmd_show(args) -> int:
         f"{config.cell.upper()}, {config.num_layers} × {config.hidden_size} units, step "
         f"{meta.get('step', '?')} of {args.checkpoint}; {len(text):,} characters of {args.text}"
     )
-    out = args.out or Path(args.checkpoint) / "show.html"
+    folder = Path(args.checkpoint)
+    out = args.out or (folder if folder.is_dir() else folder.parent) / "show.html"
     print(f"wrote {show.write_page(model, vocab, text, out, about)}")
     return 0
 

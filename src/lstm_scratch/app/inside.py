@@ -93,17 +93,20 @@ def rank_units(values: dict, features: dict, top: int = 10) -> dict[str, list[tu
             ranking[name] = found
             continue
         for (layer, kind), series in values.items():
-            r = correlations(series, feature)
-            found += [(float(r[j]), layer, kind, j) for j in range(r.size)]
+            r = correlations(series, feature)  # (H,): 0 for a constant unit, left out
+            found += [(float(r[j]), layer, kind, int(j)) for j in np.flatnonzero(r)]
         ranking[name] = sorted(found, key=lambda item: -abs(item[0]))[:top]
     return ranking
 
 
 def span_scores(series: np.ndarray, start: int, stop: int) -> np.ndarray:
     """LSTMVis's selection: how much each unit is higher over characters start..stop-1 than
-    elsewhere, in units of its spread: (mean inside − mean outside) / std. series (T, H) -> (H,)."""
+    elsewhere, in units of its spread: (mean inside − mean outside) / std. series (T, H) -> (H,);
+    zeros when the span is empty or the whole text."""
     inside = np.zeros(series.shape[0], dtype=bool)
     inside[start:stop] = True
+    if inside.all() or not inside.any():
+        return np.zeros(series.shape[1])
     spread = series.std(axis=0)  # (H,)
     with np.errstate(invalid="ignore", divide="ignore"):
         score = (series[inside].mean(axis=0) - series[~inside].mean(axis=0)) / spread

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from lstm_scratch.model.data import Vocab
 from lstm_scratch.reference import ops
 
 MAX_CHARS = 10_000  # the default cap on the text shown
+MAX_PAGE = 256 * 2**20  # the largest data a page may carry
 TOP = 5  # next characters shown on hover
 DIVERGING = {"c", "h", "g", "n"}  # coloured around 0; the gates from their lowest to highest
 
@@ -40,6 +42,7 @@ def quantized(kind: str, series: np.ndarray) -> tuple[str, list, list]:
         low, high = series.min(axis=0), series.max(axis=0)  # (H,) each
     width = np.where(high > low, high - low, 1.0)
     q = np.rint((series - low) / width * 255).clip(0, 255).astype(np.uint8)  # (T, H)
+    q[:, high == low] = 128 if kind in DIVERGING else 0  # a constant unit: white
     text = base64.b64encode(np.ascontiguousarray(q.T).tobytes()).decode("ascii")  # (H, T)
     return text, np.round(low, 5).tolist(), np.round(high, 5).tolist()
 
@@ -63,6 +66,8 @@ def page_data(model: CharLM, vocab: Vocab, text: str, about: str) -> dict:
     if ids.size == 0:
         raise DataError("none of the text's characters is in the model's vocabulary")
     values, logits = inside.unit_values(model, ids)
+    if not np.isfinite(logits).all() or not all(np.isfinite(v).all() for v in values.values()):
+        raise DataError("the model gives non-finite values on this text")
     features = {name: f[known] for name, f in inside.text_features(text).items()}  # (T,) each
     packed = {f"{k},{kind}": quantized(kind, series) for (k, kind), series in values.items()}
     return {
@@ -83,12 +88,23 @@ def page_data(model: CharLM, vocab: Vocab, text: str, about: str) -> dict:
 
 
 def render(data: dict, title: str) -> str:
-    """The page: show.html with the data in it (``</`` escaped so that no text closes the
-    script element)."""
+    """The page: show.html with the data in it (every ``<`` escaped, so that no text closes the
+    script element), both placeholders filled in one pass."""
     template = resources.files("lstm_scratch.app").joinpath("show.html").read_text("utf-8")
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    escaped = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return template.replace("__TITLE__", escaped).replace("__DATA__", payload)
+    try:
+        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise DataError("the model gives non-finite values on this text") from None
+    if len(payload) > MAX_PAGE:
+        raise DataError(
+            f"the page would hold {len(payload) / 2**20:,.0f} MB, more than a browser reads "
+            f"well ({MAX_PAGE / 2**20:,.0f} MB): lower --max-chars"
+        )
+    fills = {
+        "TITLE": title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
+        "DATA": payload.replace("<", "\\u003c"),
+    }
+    return re.sub("__(TITLE|DATA)__", lambda found: fills[found[1]], template)
 
 
 def write_page(model: CharLM, vocab: Vocab, text: str, out: str | Path, about: str = "") -> Path:

@@ -259,6 +259,7 @@ def validate_schedule(schedule: ScheduleConfig) -> None:
     elif kind == "cosine":
         total_ok = total is not None and total > warmup
         _require(total_ok, f"cosine needs total steps ({total}) > warmup steps ({warmup})")
+    if kind == "cosine":
         ratio = schedule.min_lr_ratio
         _require(0.0 <= ratio <= 1.0, f"min lr ratio must be in [0, 1], got {ratio}")
     if kind == "step":

@@ -154,12 +154,14 @@ def train(
     with _running(run, progress, quiet) as (stop, bar, metrics_file):
         if run.lead and not run.resumed:  # a new run: its settings first
             write_run_file(run.out, run.config, run.data_sha256)
-        while run.total_steps is None or progress.step < run.total_steps:
+        while _more_to_do(run, progress):
             stats = _train_step(run, progress, log)
             _show(bar, stats, progress.metrics)
             seconds = time.perf_counter() - progress.this_call
             steps_run = progress.step - progress.first_step
             reason = stop_reason(run.config, stop, seconds, steps_run, stop_after)
+            if reason in (None, "time-limit") and not _more_to_do(run, progress):
+                reason = "done"  # a schedule by time has spent its planned seconds
             best = False
             if run.lead:
                 reason, best = _evaluate(run, progress, stats, reason, metrics_file)
@@ -169,6 +171,15 @@ def train(
             if reason:
                 return _result(run, progress, reason)
     return _result(run, progress, "done")
+
+
+def _more_to_do(run: Run, progress: Progress) -> bool:
+    """Whether the run has steps left: by count, or, for a schedule by time without one, until
+    its planned seconds of elapsed time are spent (earlier calls' included; rank 0's clock)."""
+    if run.total_steps is not None:
+        return progress.step < run.total_steps
+    elapsed = time.perf_counter() - progress.started
+    return run.comm.bcast(elapsed < run.schedule.total_seconds)
 
 
 @contextlib.contextmanager
@@ -412,9 +423,11 @@ def _show(bar, stats: StepStats, metrics: dict) -> None:
 
 
 def _evaluate(run: Run, progress: Progress, stats: StepStats, reason, metrics_file) -> tuple:
-    """On rank 0: evaluate on schedule, at the last step, and before a planned stop (not on a
-    signal); write the metrics line; judge the evaluation. Returns (reason to stop, best)."""
-    on_schedule = progress.step % run.config.eval_every == 0 or progress.step == run.total_steps
+    """On rank 0: evaluate on schedule, at the last step (of a schedule by time, the one that
+    spends its seconds), and before a planned stop (not on a signal); write the metrics line;
+    judge the evaluation. Returns (reason to stop, best)."""
+    at_end = progress.step == run.total_steps or reason == "done"
+    on_schedule = progress.step % run.config.eval_every == 0 or at_end
     if not on_schedule and reason not in PLANNED_STOPS:
         return reason, False
     scores = evaluate(run.model, run.val_ids, run.batch_size, max(run.seq_len, 64))
