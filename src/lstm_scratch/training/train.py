@@ -160,8 +160,9 @@ def train(
             seconds = time.perf_counter() - progress.this_call
             steps_run = progress.step - progress.first_step
             reason = stop_reason(run.config, stop, seconds, steps_run, stop_after)
-            if reason in (None, "time-limit") and not _more_to_do(run, progress):
-                reason = "done"  # a schedule by time has spent its planned seconds
+            more = _more_to_do(run, progress)  # on every rank: a collective in a run by time
+            if reason in (None, "time-limit") and not more:
+                reason = "done"  # the last step, or a schedule by time's last second
             best = False
             if run.lead:
                 reason, best = _evaluate(run, progress, stats, reason, metrics_file)
