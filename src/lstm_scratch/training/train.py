@@ -154,7 +154,8 @@ def train(
     with _running(run, progress, quiet) as (stop, bar, metrics_file):
         if run.lead and not run.resumed:  # a new run: its settings first
             write_run_file(run.out, run.config, run.data_sha256)
-        while _more_to_do(run, progress):
+        more = _more_to_do(run, progress)
+        while more:
             stats = _train_step(run, progress, log)
             _show(bar, stats, progress.metrics)
             seconds = time.perf_counter() - progress.this_call
