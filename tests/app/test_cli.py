@@ -615,3 +615,77 @@ def test_a_checkpoint_whose_cell_does_not_fit_is_one_line(
         assert_one_line_error(
             code, err, "the checkpoint does not describe a usable model", *fragments
         )
+
+
+def assert_greedy_tokens(run_dir, prime, printed):
+    """``sample --temperature 0`` of a word or bpe model, against an oracle that shares none of
+    the sampling code: from the prime's tokens, each next token is the argmax of one
+    teacher-forced forward over all the tokens so far, and the printed text spells them."""
+    model, vocab, _ = load_model(run_dir)
+    ids, rest = list(vocab.encode(prime)), printed[len(prime) : -1]
+    assert printed.startswith(prime) and printed.endswith("\n") and rest
+    while rest:
+        logits, _, _ = model.forward(np.array(ids).reshape(-1, 1))  # (T, 1, V)
+        top = np.sort(logits[-1, 0])[-2:]
+        assert top[1] - top[0] > 1e-6, "a near-tie"
+        token = vocab.tokens[int(logits[-1, 0].argmax())]
+        assert rest.startswith(token) or token.startswith(rest), (token, rest)  # cut at --length
+        ids.append(int(logits[-1, 0].argmax()))
+        rest = rest[len(token) :]
+
+
+@pytest.mark.parametrize(("tokenizer", "size"), [("word", 40), ("bpe", 80)])
+def test_word_and_bpe_runs_train_sample_eval_and_resume(
+    capsys, tmp_path, text_file, tokenizer, size
+):
+    options = ["--data", text_file, "--tokenizer", tokenizer, "--vocab-size", size]
+    options += ["--steps", 24, "--eval-every", 8, "--dropout", 0.2, "--dtype", "float64", *SMALL]
+    code, out, _ = run(capsys, "train", *options, "--out", tmp_path / "whole")
+    assert code == 0 and f"{size} {tokenizer} tokens, learnt from the training text" in out
+    _, vocab, meta = load_model(tmp_path / "whole")
+    assert (len(vocab), vocab.kind, meta["train_config"]["tokenizer"]) == (
+        size,
+        tokenizer,
+        tokenizer,
+    )
+    last = metrics(tmp_path / "whole")[-1]
+    assert last["val_chars"] > 1.2 * last["val_tokens"]  # per character: tokens span several
+    assert last["val_loss"] == pytest.approx(
+        last["val_token_loss"] * last["val_tokens"] / last["val_chars"], rel=1e-12
+    )
+
+    assert run(capsys, "train", *options, "--out", tmp_path / "parts", "--stop-after", 11)[0] == 0
+    assert run(capsys, "train", "--resume", tmp_path / "parts", "--quiet")[0] == 0
+    whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert all(np.array_equal(whole[name], parts[name]) for name in whole)
+
+    sample = ["sample", tmp_path / "whole", "--prime", "to be", "--temperature", 0, "--length"]
+    _, greedy, _ = run(capsys, *sample, 37)
+    assert len(greedy) == len("to be") + 37 + 1  # characters, whatever the tokens
+    assert_greedy_tokens(tmp_path / "whole", "to be", greedy)
+
+    other = tmp_path / "other.txt"
+    other.write_text("to be, or not to be: that is the question", encoding="utf-8")
+    code, out, _ = run(capsys, "eval", tmp_path / "whole", "--data", other, "--batch-size", 1)
+    assert code == 0, out
+    ids, chars = vocab.encode_counted(other.read_text())
+    scored = len(other.read_text()) - chars[0]  # one row: every token but the first a target
+    assert f"over {scored} chars (per token:" in out and f"over {len(ids) - 1} {tokenizer}" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--tokenizer", "wordpiece"], ["--tokenizer", "'wordpiece'", "'char', 'word', 'bpe'"]),
+        (["--tokenizer", "bpe", "--vocab-size", "5"], ["--vocab-size 5", "alphabet", "at least"]),
+        (["--tokenizer", "bpe", "--vocab-size", "90000"], ["supports at most"]),
+        (["--tokenizer", "word", "--vocab-size", "90000"], ["supports at most"]),
+        (["--vocab-size", "100"], ["--vocab-size", "--max-vocab"]),
+        (["--tokenizer", "bpe", "--max-vocab", "10"], ["--max-vocab", "--vocab-size"]),
+        (["--tokenizer", "bpe", "--vocab-size", "0"], ["--vocab-size", "positive"]),
+    ],
+)
+def test_token_settings_that_cannot_work_are_one_line(capsys, tmp_path, text_file, args, fragments):
+    code, _, err = run(capsys, "train", "--data", text_file, "--out", tmp_path / "r", *args)
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "r" / "model.safetensors").exists()

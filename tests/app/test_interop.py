@@ -517,10 +517,13 @@ def test_bad_vocab_files_are_one_line(tmp_path, capsys):
     (tmp_path / "text.txt").write_text("abcde", encoding="utf-8")
     vocabs = {
         "not-json.json": ("['a', 'b']", "is not JSON"),
-        "dict.json": ('{"a": 0}', "wants a JSON list of characters, got dict"),
+        "dict.json": (
+            '{"a": 0}',
+            "wants a JSON list of characters (or a checkpoint's tokenizer object",
+        ),
         "eos.json": ('["<eos>", "a", "b", "c", "d"]', "1-character strings, got '<eos>'"),
         "dupes.json": ('["a", "a", "b", "c", "d"]', "duplicate characters 'a'"),
-        "short.json": ('["a", "b", "c"]', "has 3 characters, the decoder 5"),
+        "short.json": ('["a", "b", "c"]', "has 3 entries, the decoder 5"),
         "empty.json": ("[]", "it is empty"),
     }
     base = ["import", str(tmp_path / "m.st"), "--out", str(tmp_path / "o")]
@@ -537,3 +540,26 @@ def test_bad_vocab_files_are_one_line(tmp_path, capsys):
     (tmp_path / "good.json").write_text('["e", "d", "c", "b", "a"]', encoding="utf-8")
     assert main([*base, "--vocab", str(tmp_path / "good.json")]) == 0
     assert load_model(tmp_path / "o")[1].chars == list("edcba")
+
+
+def test_a_bpe_model_exports_to_torch_and_imports_with_its_tokenizer(tmp_path, capsys):
+    from lstm_scratch.model.tokens import TokenVocab
+
+    vocab = TokenVocab.train("bpe", HAMLET, 60)
+    config = ModelConfig(len(vocab), 7, 2, 5, dtype="float64")
+    model = CharLM(config, seed=3)
+    meta = {"model": config.__dict__, "vocab": vocab.to_json(), "step": 0, "metrics": {}}
+    save_checkpoint(tmp_path / "run", model.params.state_dict(), meta)
+    assert main(["export", str(tmp_path / "run"), "--to", "torch", str(tmp_path / "w.st")]) == 0
+    ids = vocab.encode(HAMLET[:200]).reshape(-1, 1)  # (T, 1) token ids
+    ours = model.forward(ids)[0]
+    theirs = torch_logits(tmp_path / "w.st", ids)
+    assert np.abs(theirs - ours).max() <= 1e-10 * np.abs(ours).max()
+    assert main(["import", str(tmp_path / "w.st"), "--out", str(tmp_path / "back")]) == 0
+    assert load_model(tmp_path / "back")[1] == vocab  # the tokenizer travels in the metadata
+    (tmp_path / "tok.json").write_text(json.dumps(vocab.to_json()), encoding="utf-8")
+    args = ["import", str(tmp_path / "w.st"), "--out", str(tmp_path / "given")]
+    assert main([*args, "--vocab", str(tmp_path / "tok.json")]) == 0
+    assert load_model(tmp_path / "given")[1] == vocab
+    (tmp_path / "bad.json").write_text('{"tokenizer": "bpe", "json": 7}', encoding="utf-8")
+    one_line_error([*args, "--vocab", str(tmp_path / "bad.json")], capsys, "invalid tokenizer")

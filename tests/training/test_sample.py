@@ -127,3 +127,13 @@ def test_sample_draws_what_step_by_step_generation_draws(backend, temperature, t
         logits, state, _ = model.forward(np.array([[expected[-1]]]), state)  # (1, 1, V)
         logits = logits[0]  # (1, V)
     assert sample(model, prime, 40, temperature, top_k, top_p, seed=3) == expected
+
+
+def test_on_id_returning_true_stops_the_drawing():
+    model = CharLM(ModelConfig(vocab_size=7, hidden_size=5, num_layers=1), seed=0)
+    seen = []
+    out = sample(
+        model, np.array([1, 2]), 50, seed=0, on_id=lambda i: seen.append(i) or len(seen) == 3
+    )
+    assert out == seen and len(out) == 3
+    assert sample(model, np.array([1, 2]), 50, seed=0)[:3] == out  # the same draws, then more

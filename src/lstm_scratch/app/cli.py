@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -21,6 +22,8 @@ from lstm_scratch.app import interop, plot, show
 from lstm_scratch.errors import LstmScratchError
 from lstm_scratch.model import data
 from lstm_scratch.model.memory import out_of_memory_message
+from lstm_scratch.model.tokens import UNKNOWN as UNK
+from lstm_scratch.model.tokens import TokenVocab
 from lstm_scratch.training import distributed
 from lstm_scratch.training.config import GROUPS, RESUME_OVERRIDABLE, TrainConfig, make_config
 from lstm_scratch.training.evaluate import evaluate, predictions
@@ -119,7 +122,12 @@ def build_parser() -> Parser:
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--prime", default="", help="text to start from")
-    p.add_argument("--length", type=int, default=500)
+    p.add_argument(
+        "--length",
+        type=int,
+        default=500,
+        help="characters to write after the prime, whatever the tokens",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -272,16 +280,27 @@ def cmd_sample(args) -> int:
     else:
         prime_ids = np.random.default_rng(args.seed).integers(0, len(vocab), size=1)
     sys.stdout.write(vocab.decode(prime_ids))
-    sample(
-        model,
-        prime_ids,
-        args.length,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
-        on_id=lambda i: (sys.stdout.write(vocab.decode([i])), sys.stdout.flush()),
-    )
+    written = 0
+
+    def write(token_id: int) -> bool:  # True once --length characters are out
+        nonlocal written
+        piece = vocab.decode([token_id])[: args.length - written]
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        written += len(piece)
+        return written >= args.length
+
+    if args.length > 0:  # each token writes one character or more: --length draws are enough
+        sample(
+            model,
+            prime_ids,
+            args.length,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            write,
+        )
     sys.stdout.write("\n")
     return 0
 
@@ -292,25 +311,41 @@ def cmd_eval(args) -> int:
         args.lower if args.lower is not None else meta.get("train_config", {}).get("lower", False)
     )
     text = data.load_text(args.data, args.encoding, lower)
-    ids, unknown = vocab.encode_known(text)
+    ids, chars, unknown, what = _scored_ids(vocab, text)
     if unknown:
         shown = ", ".join(repr(ch) for ch, _ in unknown.most_common(10))
         print(
-            f"{sum(unknown.values())} characters not in the model's vocabulary were skipped "
-            f"({len(unknown)} distinct: {shown})",
+            f"{sum(unknown.values())} {what} ({len(unknown)} distinct: {shown})",
             file=sys.stderr if args.json else sys.stdout,  # stdout holds only the JSON
         )
     if len(ids) < 2:
-        raise data.DataError(f"{args.data}: fewer than 2 characters of the model's vocabulary")
-    m = evaluate(model, ids, args.batch_size, args.seq_len)
+        raise data.DataError(f"{args.data}: fewer than 2 tokens of the model's vocabulary")
+    m = evaluate(model, ids, args.batch_size, args.seq_len, chars)
     if args.json:
         print(json.dumps(m))
         return 0
-    print(
+    line = (
         f"{args.data}: loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char, "
         f"perplexity {m['perplexity']:.3f}, accuracy {m['accuracy']:.2%} over {m['chars']} chars"
     )
+    if isinstance(vocab, TokenVocab):
+        line += (
+            f" (per token: loss {m['token_loss']:.4f} nats, perplexity "
+            f"{math.exp(min(m['token_loss'], 700)):.3f}, over {m['tokens']} {vocab.kind} tokens)"
+        )
+    print(line)
     return 0
+
+
+def _scored_ids(vocab, text: str) -> tuple:
+    """(ids, characters per id or None, a Counter of what is unknown, what was done with it)."""
+    if isinstance(vocab, TokenVocab):
+        ids, chars, unknown = vocab.encode_known(text)
+        if vocab.kind == "word":
+            return ids, chars, unknown, f"words not in the model's vocabulary were scored as {UNK}"
+        return ids, chars, unknown, "characters not in the model's vocabulary were skipped"
+    ids, unknown = vocab.encode_known(text)
+    return ids, None, unknown, "characters not in the model's vocabulary were skipped"
 
 
 def cmd_plot(args) -> int:
@@ -335,6 +370,11 @@ def cmd_show(args) -> int:
     if args.max_chars < 1:
         raise data.DataError(f"--max-chars must be >= 1, got {args.max_chars}")
     model, vocab, meta = load_model(args.checkpoint)
+    if isinstance(vocab, TokenVocab):
+        raise data.DataError(
+            f"show colours the text a character at a time: {args.checkpoint} reads "
+            f"{vocab.kind} tokens (show reads character models)"
+        )
     lower = meta.get("train_config", {}).get("lower", False)
     text = data.load_text(args.text, args.encoding, lower)
     if len(text) > args.max_chars:

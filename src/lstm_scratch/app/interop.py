@@ -33,6 +33,7 @@ from lstm_scratch.errors import CheckpointError, ConfigError, DataError
 from lstm_scratch.model.charlm import CELLS, CharLM, ModelConfig
 from lstm_scratch.model.data import Vocab
 from lstm_scratch.model.recurrent import parameter_shapes
+from lstm_scratch.model.tokens import TokenVocab, vocab_from_json
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.loading import load_model
 
@@ -400,8 +401,9 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, metadata
 
 
-def load_vocab_file(path: str | Path) -> Vocab:
-    """The vocabulary in a JSON file: a list of the characters in id order (an ``itos``)."""
+def load_vocab_file(path: str | Path) -> Vocab | TokenVocab:
+    """The vocabulary in a JSON file: a list of the characters in id order (an ``itos``), or a
+    word or bpe tokenizer as a checkpoint keeps it (``{"tokenizer": "bpe", "json": …}``)."""
     path = Path(path)
     try:
         chars = json.loads(path.read_text(encoding="utf-8"))
@@ -414,9 +416,15 @@ def load_vocab_file(path: str | Path) -> Vocab:
             f"{path} is not JSON ({err.msg}, line {err.lineno} column {err.colno}); --vocab "
             'wants the characters in id order, e.g. ["\\n", " ", "a"]'
         ) from None
+    if isinstance(chars, dict) and "tokenizer" in chars:
+        try:
+            return TokenVocab.from_json(chars)
+        except CheckpointError as err:
+            raise DataError(f"{path}: {err}") from None
     if not isinstance(chars, list):
         raise DataError(
-            f"{path}: --vocab wants a JSON list of characters, got {type(chars).__name__}"
+            f"{path}: --vocab wants a JSON list of characters (or a checkpoint's tokenizer "
+            f'object, {{"tokenizer": …}}), got {type(chars).__name__}'
         )
     try:
         return Vocab(chars)
@@ -424,7 +432,7 @@ def load_vocab_file(path: str | Path) -> Vocab:
         raise DataError(f"{path}: {err}") from None
 
 
-def _vocabulary(path: Path, metadata: dict, text: str | None, vocab_file, size: int) -> Vocab:
+def _vocabulary(path: Path, metadata: dict, text: str | None, vocab_file, size: int):
     """``--vocab``'s list, else ``--vocab-from``'s text, else the file's metadata; V characters."""
     if vocab_file is not None:
         vocab, source = load_vocab_file(vocab_file), f"{vocab_file}"
@@ -432,7 +440,7 @@ def _vocabulary(path: Path, metadata: dict, text: str | None, vocab_file, size: 
         vocab, source = Vocab.from_text(text), "the text's"
     elif "vocab" in metadata:
         try:
-            vocab = Vocab.from_json(json.loads(metadata["vocab"]))
+            vocab = vocab_from_json(json.loads(metadata["vocab"]))
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: the vocabulary in its metadata is not JSON") from None
         source = "the file's"
@@ -442,9 +450,7 @@ def _vocabulary(path: Path, metadata: dict, text: str | None, vocab_file, size: 
             "order) or --vocab-from TEXT (the training text)"
         )
     if len(vocab) != size:
-        raise DataError(
-            f"the vocabulary ({source}) has {len(vocab)} characters, the decoder {size}"
-        )
+        raise DataError(f"the vocabulary ({source}) has {len(vocab)} entries, the decoder {size}")
     return vocab
 
 

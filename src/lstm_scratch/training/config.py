@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from lstm_scratch.errors import ConfigError
 from lstm_scratch.model.backend import BACKENDS
 from lstm_scratch.model.charlm import CELLS, ModelConfig
+from lstm_scratch.model.tokens import DEFAULT_SIZE, TOKENIZERS
 from lstm_scratch.training.optim import OPTIMIZERS, SCHEDULES
 
 GROUPS = ("data", "model", "optimisation", "the run")  # the sections of `train --help`
@@ -52,6 +53,21 @@ class TrainConfig:
         "keep the K-1 most frequent characters and one bucket for all the others",
         shown="every character",
         metavar="K",
+    )
+    tokenizer: str = setting(
+        "data",
+        "char",
+        "what a token is: char, one character; word, a word, a run of whitespace or a "
+        "symbol; bpe, byte-pair merges of characters (Hugging Face tokenizers, trained on the "
+        "training text). Losses are per character whatever the tokens",
+        choices=TOKENIZERS,
+    )
+    vocab_size: int | None = setting(
+        "data",
+        None,
+        "how many word or bpe tokens to learn, [UNK] included",
+        shown=f"{DEFAULT_SIZE['word']} for word, {DEFAULT_SIZE['bpe']} for bpe",
+        metavar="N",
     )
     cell: str = setting(
         "model",
@@ -195,7 +211,7 @@ class TrainConfig:
         """A ``kind`` dataclass (ModelConfig, OptimizerConfig, ScheduleConfig) holding this
         config's settings of the same names, then ``extra``; its other fields keep defaults."""
         mine = {f.name for f in dataclasses.fields(self)}
-        names = [f.name for f in dataclasses.fields(kind) if f.name in mine]
+        names = [f.name for f in dataclasses.fields(kind) if f.name in mine and f.name not in extra]
         return kind(**{name: getattr(self, name) for name in names}, **extra)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -301,6 +317,7 @@ def validate(config: TrainConfig) -> None:
         "patience",
         "step_size",
         "max_vocab",
+        "vocab_size",
     ]
     for name in positive:
         value = getattr(config, name)
@@ -316,6 +333,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("--embed-size, --warmup-steps and --weight-decay must be >= 0")
     if config.max_vocab is not None and config.max_vocab < 2:
         raise ConfigError(f"--max-vocab must be at least 2, got {config.max_vocab}")
+    if config.tokenizer == "char" and config.vocab_size is not None:
+        raise ConfigError("--vocab-size sizes word and bpe tokens; for characters see --max-vocab")
+    if config.tokenizer != "char" and config.max_vocab is not None:
+        raise ConfigError(
+            f"--max-vocab keeps characters; {config.tokenizer} tokens take --vocab-size"
+        )
     if not 0 <= config.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
     if not 0 <= config.val_fraction < 1:

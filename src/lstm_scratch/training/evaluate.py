@@ -1,4 +1,5 @@
-"""Loss, bits per character, perplexity and accuracy of a model on a text."""
+"""Loss, bits per character, perplexity and accuracy of a model on a text (per character, whatever
+the tokens)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,21 @@ from lstm_scratch.model.charlm import CharLM
 from lstm_scratch.reference import ops
 
 
-def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 256) -> dict:
+def evaluate(
+    model: CharLM,
+    ids: np.ndarray,
+    batch_size: int = 32,
+    seq_len: int = 256,
+    chars: np.ndarray | None = None,
+) -> dict:
     """Score every prediction in ``ids`` (the state carried across chunks, no dropout).
 
     The ids are cut into rows as in training, but each row at least 4 windows long so the state
-    has context (a short text is one row); fewer than batch_size trailing characters are left out.
-    Returns loss (nats/char), bpc, perplexity, accuracy (argmax) and the number of chars scored.
+    has context (a short text is one row); fewer than batch_size trailing ids are left out.
+    ``chars``: the characters each id stands for (word or bpe tokens; None: one each). Returns
+    loss (nats per character: the summed loss over the characters its targets stand for), bpc,
+    perplexity (per character), accuracy (argmax, per token), the chars and tokens scored, and
+    token_loss (nats per token).
     """
     if batch_size < 1 or seq_len < 1:
         raise ConfigError(
@@ -30,8 +40,9 @@ def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int 
     advice = "lower --batch-size or --seq-len"
     memory.check_fits(needed, f"scoring {batch_size} x {seq_len} characters", advice)
     text = ChunkedText(ids, batch_size, seq_len)
+    counts = None if chars is None else ChunkedText(chars, batch_size, seq_len)  # same cuts
     state = model.zero_state(text.batch_size)
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, covered = 0.0, 0, 0, 0
     for k in range(text.num_chunks):
         inputs, targets = text.chunk(k)
         logits, state, _ = model.forward(inputs, state)  # (T, B, V)
@@ -39,13 +50,16 @@ def evaluate(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int 
         total_loss += float(loss)
         correct += int((logits.argmax(axis=-1) == targets).sum())
         count += targets.size
-    loss = total_loss / count
+        covered += targets.size if counts is None else int(counts.chunk(k)[1].sum())
+    loss = total_loss / covered
     return {
         "loss": loss,
         "bpc": loss / math.log(2),
         "perplexity": math.exp(min(loss, 700.0)),
         "accuracy": correct / count,
-        "chars": count,
+        "chars": covered,
+        "tokens": count,
+        "token_loss": total_loss / count,
     }
 
 

@@ -8,18 +8,19 @@ from lstm_scratch.errors import CheckpointError
 from lstm_scratch.model import memory
 from lstm_scratch.model.charlm import CharLM, ModelConfig
 from lstm_scratch.model.data import Vocab
+from lstm_scratch.model.tokens import TokenVocab, vocab_from_json
 from lstm_scratch.training import checkpoint
 
 
-def load_model(path: str | Path, backend: str = "auto") -> tuple[CharLM, Vocab, dict]:
+def load_model(path: str | Path, backend: str = "auto") -> tuple[CharLM, Vocab | TokenVocab, dict]:
     """A checkpoint folder (or its model.safetensors) -> (model, vocab, metadata)."""
     weights, meta = checkpoint.load_checkpoint(path)
     try:
         config = ModelConfig(**meta["model"])
-        vocab = Vocab.from_json(meta["vocab"])
+        vocab = vocab_from_json(meta["vocab"])
         if config.vocab_size != len(vocab):
             raise ValueError(
-                f"the vocabulary has {len(vocab)} characters, the model {config.vocab_size}"
+                f"the vocabulary has {len(vocab)} entries, the model {config.vocab_size}"
             )
         wrong = sorted(name for name, w in weights.items() if w.dtype != config.dtype)
         if wrong:

@@ -11,8 +11,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lstm_scratch.errors import ConfigError, DataError
-from lstm_scratch.model.data import HAMLET, Vocab, file_sha256, split_train_val
+from lstm_scratch.model.data import HAMLET, MIN_TEXT_CHARS, Vocab, file_sha256, load_text
+from lstm_scratch.model.tokens import UNKNOWN, TokenVocab
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.config import LENGTH_TWINS, RESUME_OVERRIDABLE, TrainConfig
 from lstm_scratch.training.corpus import corpus_ids
@@ -78,12 +81,30 @@ class RunLock:
 LARGE_VOCAB = 1000  # distinct characters; above this, training says so
 
 
-def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
-    """The text's ids and vocabulary; returns (vocab, train_ids, val_ids, notes).
+@dataclass
+class TrainText:
+    """A run's text as ids: its vocabulary, the training and validation ids, the characters each
+    validation id stands for (None: one each, characters), the training text's characters per
+    token (1.0 for characters) and one-line notes."""
 
-    A ``--data`` file is read as a memory-mapped array of ids (``corpus.corpus_ids``); the
-    train and validation parts are views of it, the last ``val_fraction`` being validation.
+    vocab: Vocab | TokenVocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    val_chars: np.ndarray | None
+    chars_per_token: float
+    notes: list[str]
+
+
+def prepare_text(config: TrainConfig, vocab: Vocab | TokenVocab | None = None) -> TrainText:
+    """The run's text as ids, the last ``val_fraction`` of its characters held out.
+
+    Characters: a ``--data`` file is read as a memory-mapped array of ids
+    (``corpus.corpus_ids``), and the two parts are views of it. Word or bpe tokens: the text is
+    split by characters first, the tokenizer (unless ``vocab`` is a resumed run's) is trained on
+    the training part only, and each part is tokenized on its own.
     """
+    if config.tokenizer != "char":
+        return _token_text(config, vocab)
     notes = []
     if config.data is None:
         vocab = vocab or Vocab.from_text(HAMLET)
@@ -95,18 +116,47 @@ def prepare_text(config: TrainConfig, vocab: Vocab | None = None):
                 f"{len(vocab):,} distinct characters: the output layer has that many classes "
                 "(--max-vocab K keeps the K-1 most frequent and one bucket for the rest)"
             )
-    if config.val_fraction == 0:
+    train_ids, val_ids, note = _held_out(ids, config.val_fraction)
+    return TrainText(vocab, train_ids, val_ids, None, 1.0, [*notes, *note])
+
+
+def _held_out(items, val_fraction: float) -> tuple:
+    """(training part, validation part, [a note]) of ids or of a text: the last
+    ``val_fraction`` held out, or the whole used for both, with a note, when that cannot be."""
+    if val_fraction == 0:
         note = "no held-out text (--val-fraction 0): val_* metrics are on the training text"
-        return vocab, ids, ids, [*notes, note]
-    try:
-        train_ids, val_ids = split_train_val(ids, config.val_fraction, copy=False)
-    except DataError:
+        return items, items, [note]
+    n_val = round(len(items) * val_fraction)  # as data.split_train_val counts it
+    if min(n_val, len(items) - n_val) < MIN_TEXT_CHARS:
         note = (
-            f"the text ({len(ids)} characters) is too short to hold out "
-            f"{config.val_fraction:.0%}: validating on the training text"
+            f"the text ({len(items)} characters) is too short to hold out "
+            f"{val_fraction:.0%}: validating on the training text"
         )
-        return vocab, ids, ids, [*notes, note]
-    return vocab, train_ids, val_ids, notes
+        return items, items, [note]
+    return items[: len(items) - n_val], items[len(items) - n_val :], []
+
+
+def _token_text(config: TrainConfig, vocab: TokenVocab | None) -> TrainText:
+    text = HAMLET if config.data is None else load_text(config.data, config.encoding, config.lower)
+    train_text, val_text, notes = _held_out(text, config.val_fraction)
+    if vocab is None:
+        vocab = TokenVocab.train(config.tokenizer, train_text, config.vocab_size)
+    train_ids = vocab.encode_counted(train_text)[0]
+    val_ids, val_chars = vocab.encode_counted(val_text)
+    if min(len(train_ids), len(val_ids)) < 2:
+        raise DataError(f"the text makes fewer than 2 {config.tokenizer} tokens to train on")
+    chars_per_token = len(train_text) / len(train_ids)
+    notes.append(
+        f"{len(vocab):,} {config.tokenizer} tokens, learnt from the training text: "
+        f"{chars_per_token:.2f} characters per token"
+    )
+    unknown = int((val_ids == vocab.unknown_id).sum())
+    if unknown:
+        what = "characters" if config.tokenizer == "bpe" else "words"
+        notes.append(
+            f"{unknown:,} {what} of the held-out text are not in the training text: {UNKNOWN}"
+        )
+    return TrainText(vocab, train_ids, val_ids, val_chars, chars_per_token, notes)
 
 
 def default_out(config: TrainConfig) -> Path:

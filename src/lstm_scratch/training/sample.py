@@ -58,9 +58,11 @@ def sample(
     top_k=0,
     top_p=1.0,
     seed=None,
-    on_id: Callable[[int], None] | None = None,
+    on_id: Callable[[int], object] | None = None,
 ) -> list[int]:
-    """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each."""
+    """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each;
+    ``on_id`` returning True stops the drawing there (``sample`` of a token model stops at a
+    length in characters)."""
     validate_sampling(length, temperature, top_k, top_p)
     rng = np.random.default_rng(seed)
     threads = host.generation_blas_threads(model.params.flat.nbytes)
@@ -73,8 +75,8 @@ def sample(
             probs = next_char_distribution(logits[0], temperature, top_k, top_p)
             next_id = draw(probs, rng)
             out.append(next_id)
-            if on_id is not None:
-                on_id(next_id)
+            if on_id is not None and on_id(next_id) is True:
+                break
             ids[0] = next_id
             logits = stepper.step(ids)  # (1, V)
     return out

@@ -34,6 +34,7 @@ from lstm_scratch.model import memory
 from lstm_scratch.model.batches import ChunkedText, fit_batch
 from lstm_scratch.model.charlm import CharLM
 from lstm_scratch.model.data import Vocab, file_sha256
+from lstm_scratch.model.tokens import TokenVocab, vocab_from_json
 from lstm_scratch.training import checkpoint, distributed
 from lstm_scratch.training.config import TrainConfig, validate
 from lstm_scratch.training.evaluate import evaluate
@@ -62,7 +63,7 @@ from lstm_scratch.training.runs import (
 @dataclass
 class TrainResult:
     model: CharLM
-    vocab: Vocab
+    vocab: Vocab | TokenVocab
     out: Path
     step: int
     metrics: dict = field(default_factory=dict)  # the last evaluation
@@ -79,9 +80,11 @@ class Run:
 
     config: TrainConfig
     comm: object  # distributed.world(): this process's rank among the run's processes
-    vocab: Vocab
+    vocab: Vocab | TokenVocab
     chunks: ChunkedText  # the training text as (T, B) chunks
     val_ids: np.ndarray
+    val_chars: np.ndarray | None  # the characters each validation id stands for (None: one)
+    chars_per_token: float  # of the training text: 1.0 for characters
     rows: tuple[int, int, int]  # this rank's first and end row of every batch, the batch's rows
     seq_len: int  # as fitted to the text
     total_steps: int | None  # None: until the time limit (a schedule by time, no --steps)
@@ -115,7 +118,7 @@ class Progress:
     first_step: int = 0  # this call's first step
     this_call: float = 0.0  # perf_counter() when this call's first step began
     started: float = 0.0  # the same, less the time earlier calls of a resumed run took
-    chars_seen: int = 0  # in this call, over all ranks
+    chars_seen: int = 0  # tokens (characters for a char model) in this call, over all ranks
 
     def start_clock(self) -> None:
         self.first_step, self.this_call, self.chars_seen = self.step, time.perf_counter(), 0
@@ -123,7 +126,7 @@ class Progress:
 
 
 class StepStats(NamedTuple):
-    loss: float  # the training loss per character, over all ranks
+    loss: float  # the training loss per character, over all ranks (see Run.chars_per_token)
     lr: float
     elapsed: float  # seconds since the run began, earlier calls included
     speed: float  # characters per second in this call
@@ -219,16 +222,16 @@ def _set_up(config, out, resume, overrides, log) -> tuple[Run, Progress]:
     the schedule. Refuses in one line whatever cannot work, before anything is written."""
     config, point, vocab = _settings(config, resume, overrides, log)
     comm = distributed.world()
-    vocab, train_ids, val_ids, notes = prepare_text(config, vocab)
+    text = prepare_text(config, vocab)
     data_sha256 = point.data_sha256 if point else (config.data and file_sha256(config.data))
-    chunks, rows, seq_len = _batches(config, train_ids, comm, notes)
+    chunks, rows, seq_len = _batches(config, text.train_ids, comm, text.notes)
     if config.epochs is not None:
         total_steps = math.ceil(config.epochs * chunks.num_chunks)
     elif config.steps is not None or config.schedule_by == "steps":
         total_steps = config.steps or 1000
     else:  # a schedule by time and no length: the time limit ends the run
         total_steps = None
-    model, optimizer = _model_and_optimizer(config, len(vocab), rows, seq_len, comm)
+    model, optimizer = _model_and_optimizer(config, len(text.vocab), rows, seq_len, comm)
     rng = np.random.default_rng(config.seed + 1)  # dropout masks
     saved = point.saved if point else None
     seconds = config.time_limit * 60 if config.schedule_by == "time" else None
@@ -248,9 +251,11 @@ def _set_up(config, out, resume, overrides, log) -> tuple[Run, Progress]:
     run = Run(
         config=config,
         comm=comm,
-        vocab=vocab,
+        vocab=text.vocab,
         chunks=chunks,
-        val_ids=val_ids,
+        val_ids=text.val_ids,
+        val_chars=text.val_chars,
+        chars_per_token=text.chars_per_token,
         rows=rows,
         seq_len=seq_len,
         total_steps=total_steps,
@@ -259,14 +264,16 @@ def _set_up(config, out, resume, overrides, log) -> tuple[Run, Progress]:
         rng=rng,
         schedule=schedule,
         out=out,
-        notes=notes,
+        notes=text.notes,
         data_sha256=data_sha256,
         resumed=saved is not None,
     )
     return run, progress
 
 
-def _settings(config, resume, overrides, log) -> tuple[TrainConfig, object, Vocab | None]:
+def _settings(
+    config, resume, overrides, log
+) -> tuple[TrainConfig, object, Vocab | TokenVocab | None]:
     """The config to train with (on resume the run's, with ``overrides`` applied), the resume
     point (None for a new run) and the vocabulary of the run's checkpoint, if any."""
     point, vocab = None, None
@@ -276,7 +283,7 @@ def _settings(config, resume, overrides, log) -> tuple[TrainConfig, object, Voca
         if point.note:
             log(point.note)
         if point.saved is not None:
-            vocab = Vocab.from_json(point.saved[1]["vocab"])
+            vocab = vocab_from_json(point.saved[1]["vocab"])
     validate(config)
     return config, point, vocab
 
@@ -405,10 +412,11 @@ def _train_step(run: Run, progress: Progress, log) -> StepStats:
     progress.step += 1
     chunk_chars = inputs.shape[0] * batch_size  # (T, b) here; T × B over all ranks
     progress.chars_seen += chunk_chars
-    loss_per_char = loss / chunk_chars if config.loss_reduction == "sum" else loss
+    loss_per_token = loss / chunk_chars if config.loss_reduction == "sum" else loss
     elapsed = time.perf_counter() - progress.started
-    speed = progress.chars_seen / (time.perf_counter() - progress.this_call)
-    return StepStats(loss_per_char, lr, elapsed, speed)
+    tokens_per_s = progress.chars_seen / (time.perf_counter() - progress.this_call)
+    per_char = run.chars_per_token  # word and bpe: the training text's mean, to compare
+    return StepStats(loss_per_token / per_char, lr, elapsed, tokens_per_s * per_char)
 
 
 def _show(bar, stats: StepStats, metrics: dict) -> None:
@@ -432,7 +440,7 @@ def _evaluate(run: Run, progress: Progress, stats: StepStats, reason, metrics_fi
     on_schedule = progress.step % run.config.eval_every == 0 or at_end
     if not on_schedule and reason not in PLANNED_STOPS:
         return reason, False
-    scores = evaluate(run.model, run.val_ids, run.batch_size, max(run.seq_len, 64))
+    scores = evaluate(run.model, run.val_ids, run.batch_size, max(run.seq_len, 64), run.val_chars)
     progress.metrics = _metrics(run, progress, stats, scores)
     metrics_file.write(json.dumps(progress.metrics) + "\n")
     metrics_file.flush()
