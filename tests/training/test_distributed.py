@@ -73,14 +73,24 @@ def metrics(folder):
 @needs_mpi
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "ranks, reduction, cell",
-    [(2, "mean", "lstm"), (3, "mean", "lstm"), (2, "sum", "lstm"), (3, "mean", "gru")],
+    "ranks, reduction, cell, tokenizer",
+    [
+        (2, "mean", "lstm", "char"),
+        (3, "mean", "lstm", "char"),
+        (2, "sum", "lstm", "char"),
+        (3, "mean", "gru", "char"),
+        (3, "mean", "lstm", "bpe"),
+    ],
 )
-def test_ranks_give_the_weights_and_metrics_of_one_process(tmp_path, ranks, reduction, cell):
+def test_ranks_give_the_weights_and_metrics_of_one_process(
+    tmp_path, ranks, reduction, cell, tokenizer
+):
     """Weights and every reported figure, the training loss included: each rank's loss enters
     the global one by its share of the batch (rows split 3 + 2 or 2 + 1 + 2). The one-process
-    run is held to torch in tests/training/test_trainer.py."""
+    run is held to torch in tests/training/test_trainer.py. With bpe tokens every rank learns
+    the tokenizer from the text itself, and all must learn the same one."""
     length = ["--steps", "20", "--loss-reduction", reduction, "--cell", cell]
+    length += ["--tokenizer", tokenizer] + (["--vocab-size", "60"] if tokenizer == "bpe" else [])
     train(tmp_path, 1, tmp_path / "one", *length)
     out = train(tmp_path, ranks, tmp_path / "many", *length)
     assert out.count("checkpoint:") == 1  # rank 0 alone reports

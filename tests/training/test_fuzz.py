@@ -138,7 +138,7 @@ def test_files_of_another_kind_are_one_line_errors_and_run_nothing(tmp_path, cap
     [
         (lambda w, m: w.update({"decoder.weight": np.zeros((5, 9), np.float32)}), "shape"),
         (lambda w, m: w.update({"decoder.bias": np.full(5, np.nan, np.float32)}), "NaN"),
-        (lambda w, m: m.update(vocab=list("abc")), "vocabulary has 3 characters"),
+        (lambda w, m: m.update(vocab=list("abc")), "vocabulary has 3 entries"),
         (lambda w, m: w.pop("decoder.bias"), "missing"),
         (lambda w, m: w.update({"decoder.bias": np.zeros(5, np.int32)}), "int32, not float32"),
         (lambda w, m: w.update({"decoder.bias": np.zeros(5, np.float64)}), "float64, not"),

@@ -237,7 +237,7 @@ def scripted_evaluation(monkeypatch, losses):
     """train's evaluate() replaced by one returning ``losses`` in turn."""
     calls = iter(losses)
 
-    def fake(model, ids, batch_size, seq_len):
+    def fake(model, ids, batch_size, seq_len, chars=None):
         loss = next(calls)
         return {"loss": loss, "bpc": 0.0, "perplexity": 0.0, "accuracy": 0.0, "chars": 1}
 

@@ -252,6 +252,20 @@ def _vocab_problem(chars: object) -> str | None:
     return None
 
 
+def validation_size(length: int, val_fraction: float) -> int:
+    """How many of ``length`` ids (or characters) the last ``val_fraction`` holds out; a
+    :class:`DataError` when either part would keep fewer than 2."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    n_val = round(length * val_fraction)
+    if val_fraction > 0 and min(n_val, length - n_val) < MIN_TEXT_CHARS:
+        raise DataError(
+            f"a text of {length} characters is too short to hold out a validation "
+            f"fraction of {val_fraction} (each part needs at least {MIN_TEXT_CHARS} characters)"
+        )
+    return n_val
+
+
 def split_train_val(
     ids: np.ndarray, val_fraction: float, copy: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -264,15 +278,7 @@ def split_train_val(
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    n_val = round(len(ids) * val_fraction)
-    if val_fraction > 0 and min(n_val, len(ids) - n_val) < MIN_TEXT_CHARS:
-        raise DataError(
-            f"a text of {len(ids)} characters is too short to hold out a validation "
-            f"fraction of {val_fraction} (each part needs at least {MIN_TEXT_CHARS} characters)"
-        )
-    n_train = len(ids) - n_val
+    n_train = len(ids) - validation_size(len(ids), val_fraction)
     if copy:
         return ids[:n_train].copy(), ids[n_train:].copy()
     return ids[:n_train], ids[n_train:]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_scratch.errors import ConfigError, DataError
-from lstm_scratch.model.data import HAMLET, MIN_TEXT_CHARS, Vocab, file_sha256, load_text
+from lstm_scratch.model.data import HAMLET, Vocab, file_sha256, load_text, validation_size
 from lstm_scratch.model.tokens import UNKNOWN, TokenVocab
 from lstm_scratch.training import checkpoint
 from lstm_scratch.training.config import LENGTH_TWINS, RESUME_OVERRIDABLE, TrainConfig
@@ -126,14 +126,15 @@ def _held_out(items, val_fraction: float) -> tuple:
     if val_fraction == 0:
         note = "no held-out text (--val-fraction 0): val_* metrics are on the training text"
         return items, items, [note]
-    n_val = round(len(items) * val_fraction)  # as data.split_train_val counts it
-    if min(n_val, len(items) - n_val) < MIN_TEXT_CHARS:
+    try:
+        n_train = len(items) - validation_size(len(items), val_fraction)
+    except DataError:
         note = (
             f"the text ({len(items)} characters) is too short to hold out "
             f"{val_fraction:.0%}: validating on the training text"
         )
         return items, items, [note]
-    return items[: len(items) - n_val], items[len(items) - n_val :], []
+    return items[:n_train], items[n_train:], []
 
 
 def _token_text(config: TrainConfig, vocab: TokenVocab | None) -> TrainText:
