@@ -131,7 +131,8 @@ def test_json_round_trip_and_a_corrupt_one(bpe, word):
         assert again == vocab and again.kind == vocab.kind
         assert np.array_equal(again.encode_counted(TEXT)[0], vocab.encode_counted(TEXT)[0])
     assert isinstance(vocab_from_json(["a", "b"]), Vocab)
-    for bad in ({"tokenizer": "sentencepiece"}, {"tokenizer": "bpe", "json": {"model": 3}}):
+    bad_ones = [{"tokenizer": "sentencepiece"}, {"tokenizer": "bpe", "json": {"model": 3}}]
+    for bad in [*bad_ones, {"tokenizer": "word"}]:
         with pytest.raises(CheckpointError):
             vocab_from_json(bad)
 

@@ -28,10 +28,11 @@ def unigram_per_char(train_ids, val_ids, val_chars, size: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("tokenizer", "margin"), [("char", 1.0), ("bpe", 0.6)])
+@pytest.mark.parametrize(("tokenizer", "margin"), [("char", 1.2), ("bpe", 0.7)])
 def test_a_one_minute_run_beats_the_unigram_entropy(tmp_path, shakespeare, tokenizer, margin):
     """A one-minute run on the whole of tinyshakespeare, its cosine by time: per character, well
-    below the best context-free model of the same tokens."""
+    below the best context-free model of the same tokens. Measured alone on 2 cores: char 1.60
+    against 3.34, bpe 1.57 against 2.65 nats/char."""
     config = make_config(
         data=str(shakespeare),
         tokenizer=tokenizer,
@@ -60,6 +61,7 @@ def test_a_one_minute_run_beats_the_unigram_entropy(tmp_path, shakespeare, token
         train_ids = vocab.encode_counted(train_text)[0]
         baseline = unigram_per_char(train_ids, val_ids, val_chars, len(vocab))
         assert 2.4 < baseline < 3.0  # about 2.64 nats/char for 512 tokens
+    print(f"{tokenizer}: val loss {result.metrics['val_loss']:.3f}, unigram {baseline:.3f}")
     assert result.stopped_by == "done" and result.metrics["elapsed"] >= 59
     assert result.metrics["val_loss"] < baseline - margin, (result.metrics, baseline)
 

@@ -104,7 +104,7 @@ class TokenVocab:
             raise CheckpointError("invalid vocabulary in checkpoint: not a word or bpe tokenizer")
         lib = _library()
         try:
-            tokenizer = lib.Tokenizer.from_str(json.dumps(data["json"]))
+            tokenizer = lib.Tokenizer.from_str(json.dumps(data.get("json")))
         except Exception as error:  # the library raises a bare Exception on a bad file
             raise CheckpointError(f"invalid tokenizer in checkpoint: {error}") from None
         if tokenizer.token_to_id(UNKNOWN) is None:
