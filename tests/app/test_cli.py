@@ -689,3 +689,19 @@ def test_token_settings_that_cannot_work_are_one_line(capsys, tmp_path, text_fil
     code, _, err = run(capsys, "train", "--data", text_file, "--out", tmp_path / "r", *args)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_a_word_model_never_samples_unk_and_names_an_unknown_prime(capsys, tmp_path, text_file):
+    options = ["--tokenizer", "word", "--vocab-size", 6, "--steps", 30, "--eval-every", 30]
+    code, out, _ = run(capsys, "train", "--data", text_file, *options, *SMALL, "--out", tmp_path)
+    assert code == 0 and "of the held-out tokens are [UNK]" in out  # 5 words: most are [UNK]
+    _, vocab, _ = load_model(tmp_path)
+    for seed in range(8):
+        code, out, _ = run(capsys, "sample", tmp_path, "--length", 300, "--seed", seed)
+        assert code == 0 and "[UNK]" not in out, out
+        assert len(out) - 301 in {len(t) for t in vocab.tokens}  # a random first token, 300 more
+        assert set(out[:-1]) <= set("".join(t for t in vocab.tokens if t != "[UNK]"))
+    code, _, err = run(capsys, "sample", tmp_path, "--prime", "zebra")
+    assert_one_line_error(code, err, "word(s) not in the vocabulary: 'zebra'")
+    code, out, _ = run(capsys, "eval", tmp_path, "--data", text_file)
+    assert code == 0 and re.search(r"scored as \[UNK\], \d+\.\d% of the tokens", out), out

@@ -76,8 +76,15 @@ def test_the_tokenizer_learns_from_the_training_part_only(tmp_path):
         assert not any(c in "".join(tokens) for c in "zbqxy"), (kind, tokens)
         assert "zebra" not in tokens and "xylophone" not in tokens
         assert text.vocab.decode(text.train_ids) == train_part
-        assert (text.val_ids == text.vocab.unknown_id).any()
-        assert text.val_chars.sum() == len(held_out)  # the held-out part, by its characters
+        lacking = sum(c not in set(train_part) for c in held_out)  # z, b, q, u, x, y, l, p, !
+        if kind == "bpe":  # left out, as eval leaves them out, and said so
+            assert text.vocab.unknown_id not in text.val_ids
+            assert text.val_chars.sum() == len(held_out) - lacking
+            assert f"{lacking:,} characters of the held-out text are not in" in text.notes[-1]
+        else:  # a word outside the vocabulary is [UNK], over its characters
+            assert (text.val_ids == text.vocab.unknown_id).any()
+            assert text.val_chars.sum() == len(held_out)
+            assert "of the held-out tokens are [UNK]" in text.notes[-1]
         assert text.chars_per_token == pytest.approx(len(train_part) / len(text.train_ids))
 
 
@@ -135,6 +142,17 @@ def test_json_round_trip_and_a_corrupt_one(bpe, word):
     for bad in [*bad_ones, {"tokenizer": "word"}]:
         with pytest.raises(CheckpointError):
             vocab_from_json(bad)
+    gap = bpe.to_json()  # one token moved to id 500: ids 0..V-1 no longer each name one
+    gap["json"]["model"]["vocab"][bpe.tokens[7]] = 500
+    normalised = bpe.to_json()
+    normalised["json"]["normalizer"] = {"type": "Lowercase"}
+    for bad, says in [
+        (gap, "not 0..V-1"),
+        (normalised, "normalises"),
+        ({**word.to_json(), "tokenizer": "bpe"}, "holds a WordLevel model"),
+    ]:
+        with pytest.raises(CheckpointError, match=says):
+            vocab_from_json(bad)
 
 
 def test_sizes_the_text_cannot_give_are_one_line_errors():
@@ -148,7 +166,7 @@ def test_sizes_the_text_cannot_give_are_one_line_errors():
     assert len(TokenVocab.train("bpe", TEXT, alphabet + 1)) == alphabet + 1
 
 
-def test_a_token_run_reports_its_training_loss_and_speed_per_character(tmp_path):
+def test_a_token_run_reports_its_training_loss_per_character(tmp_path):
     """The first step's reported loss is the mean loss per token of the first batch, computed
     here by hand from a model built alike, over the training text's characters per token."""
     from lstm_scratch.model.batches import ChunkedText
@@ -176,3 +194,31 @@ def test_without_the_tokenizers_package_a_bpe_run_says_how_to_install_it(monkeyp
     monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)  # import raises
     with pytest.raises(ConfigError, match=r"pip install 'lstm-scratch\[tokens\]'"):
         TokenVocab.train("bpe", TEXT, 60)
+
+
+def test_scores_follow_the_characters_of_each_row(bpe):
+    """Three rows, chunks of 7: the per-character loss against each row run whole from a zero
+    state, its targets' characters counted from the token strings."""
+    ids, chars = bpe.encode_counted(TEXT)
+    model = CharLM(ModelConfig(len(bpe), 10, 2, 4, dtype="float64"), seed=5)
+    scores = evaluate(model, ids, batch_size=3, seq_len=7, chars=chars)
+    per_row = (len(ids) - 1) // 3  # targets in each row; the rest are left over
+    nats, spelled = 0.0, 0
+    for start in np.arange(3) * per_row:
+        row = ids[start : start + per_row + 1]
+        logp = ops.log_softmax(model.forward(row[:-1].reshape(-1, 1))[0][:, 0])  # (T, V)
+        nats -= logp[np.arange(per_row), row[1:]].sum()
+        spelled += sum(len(bpe.tokens[i]) for i in row[1:].tolist())
+    assert scores["tokens"] == 3 * per_row and scores["chars"] == spelled
+    assert scores["loss"] == pytest.approx(nats / spelled, rel=1e-10)
+
+
+def test_the_default_size_is_what_a_small_text_gives():
+    for kind in ("word", "bpe"):
+        vocab = TokenVocab.train(kind, HAMLET, None)
+        assert 30 < len(vocab) < 1024 and vocab.decode(vocab.encode_counted(HAMLET)[0]) == HAMLET
+
+
+def test_a_word_prime_outside_the_vocabulary_is_named(word):
+    with pytest.raises(DataError, match="1 word\\(s\\) not in the vocabulary: 'zebra'"):
+        word.encode("to be zebra")

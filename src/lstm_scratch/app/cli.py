@@ -239,7 +239,7 @@ def _memorisation_report(result) -> None:
     minimum late in a run, so the last step is not always the best. The predictions and the
     sample come from the best checkpoint, the model a user would keep.
     """
-    ids = result.vocab.encode(data.HAMLET)
+    ids = _ids_of(result.vocab, data.HAMLET)
     truth = ids[1:]
     models = [("final model", result.step, result.model)]
     best_dir = result.out / "best"
@@ -263,7 +263,7 @@ def _memorisation_report(result) -> None:
     print(f"\nSample (temperature 0.5): {prime}", end="")
     sample(
         model,
-        result.vocab.encode(prime),
+        _ids_of(result.vocab, prime),
         120,
         temperature=0.5,
         seed=0,
@@ -272,11 +272,22 @@ def _memorisation_report(result) -> None:
     print()
 
 
+def _ids_of(vocab, text: str) -> np.ndarray:
+    """The ids of a text of the training passage (a small word vocabulary may lack some words:
+    they are [UNK] here)."""
+    return vocab.encode_counted(text)[0] if isinstance(vocab, TokenVocab) else vocab.encode(text)
+
+
 def cmd_sample(args) -> int:
     validate_sampling(args.length, args.temperature, args.top_k, args.top_p)
-    model, vocab, _ = load_model(args.checkpoint)
+    model, vocab, meta = load_model(args.checkpoint)
+    lower = meta.get("train_config", {}).get("lower", False)
+    never = vocab.unknown_id if isinstance(vocab, TokenVocab) else None  # [UNK] is not text
     if args.prime:
-        prime_ids = vocab.encode(args.prime)
+        prime_ids = vocab.encode(args.prime.lower() if lower else args.prime)
+    elif never is not None:
+        choices = np.delete(np.arange(len(vocab)), never)
+        prime_ids = np.random.default_rng(args.seed).choice(choices, size=1)
     else:
         prime_ids = np.random.default_rng(args.seed).integers(0, len(vocab), size=1)
     sys.stdout.write(vocab.decode(prime_ids))
@@ -300,6 +311,7 @@ def cmd_sample(args) -> int:
             args.top_p,
             args.seed,
             write,
+            never,
         )
     sys.stdout.write("\n")
     return 0
@@ -342,7 +354,12 @@ def _scored_ids(vocab, text: str) -> tuple:
     if isinstance(vocab, TokenVocab):
         ids, chars, unknown = vocab.encode_known(text)
         if vocab.kind == "word":
-            return ids, chars, unknown, f"words not in the model's vocabulary were scored as {UNK}"
+            share = float(np.mean(ids == vocab.unknown_id)) if len(ids) else 0.0
+            what = (
+                f"words not in the model's vocabulary were scored as {UNK}, {share:.1%} of the "
+                "tokens; each scores as one token, not as its word's characters"
+            )
+            return ids, chars, unknown, what
         return ids, chars, unknown, "characters not in the model's vocabulary were skipped"
     ids, unknown = vocab.encode_known(text)
     return ids, None, unknown, "characters not in the model's vocabulary were skipped"

@@ -60,8 +60,8 @@ class TokenVocab:
         """A ``kind`` tokenizer of ``vocab_size`` tokens learnt from ``text``; a one-line
         :class:`ConfigError` when the text cannot give that many, or the alphabet needs more."""
         lib = _library()
-        size = DEFAULT_SIZE[kind] if vocab_size is None else vocab_size
         alphabet = sorted(set(text))
+        size = max(DEFAULT_SIZE[kind], len(alphabet) + 1) if vocab_size is None else vocab_size
         if kind == "bpe" and size < len(alphabet) + 1:
             raise ConfigError(
                 f"--vocab-size {size} is smaller than the training text's alphabet: bpe needs at "
@@ -90,7 +90,7 @@ class TokenVocab:
         tokenizer.pre_tokenizer = lib.pre_tokenizers.Split(pattern, behavior="isolated")
         tokenizer.decoder = lib.decoders.Fuse()
         tokenizer.train_from_iterator([text], trainer)
-        if tokenizer.get_vocab_size() < size:
+        if vocab_size is not None and tokenizer.get_vocab_size() < size:
             raise ConfigError(
                 f"--vocab-size {size}: the training text supports at most "
                 f"{tokenizer.get_vocab_size()} {kind} tokens"
@@ -107,8 +107,9 @@ class TokenVocab:
             tokenizer = lib.Tokenizer.from_str(json.dumps(data.get("json")))
         except Exception as error:  # the library raises a bare Exception on a bad file
             raise CheckpointError(f"invalid tokenizer in checkpoint: {error}") from None
-        if tokenizer.token_to_id(UNKNOWN) is None:
-            raise CheckpointError(f"invalid tokenizer in checkpoint: it has no {UNKNOWN} token")
+        problem = _tokenizer_problem(data["tokenizer"], tokenizer)
+        if problem is not None:
+            raise CheckpointError(f"invalid tokenizer in checkpoint: {problem}")
         return cls(data["tokenizer"], tokenizer)
 
     def to_json(self) -> dict:
@@ -153,13 +154,14 @@ class TokenVocab:
         return ids, (offsets[:, 1] - offsets[:, 0]).astype(np.int32)
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids (int32); :class:`DataError` when a character is not in a bpe vocabulary."""
-        known = self.known(text)
-        if not known.all():
-            unknown = sorted(set(np.array(list(text))[~known].tolist()))
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            raise DataError(f"{len(unknown)} character(s) not in the vocabulary: {shown}")
-        return self._encoded(text)[0]
+        """Ids (int32); :class:`DataError` naming what the vocabulary lacks: characters (bpe)
+        or words (word tokens)."""
+        ids, _, unknown = self.encode_known(text)
+        if unknown:
+            what = "character(s)" if self.kind == "bpe" else "word(s)"
+            shown = ", ".join(repr(c) for c in sorted(unknown)[:10])
+            raise DataError(f"{len(unknown)} {what} not in the vocabulary: {shown}")
+        return ids
 
     def encode_known(self, text: str) -> tuple[np.ndarray, np.ndarray, Counter[str]]:
         """(ids, characters per id, a Counter of what is unknown): a bpe vocabulary drops the
@@ -185,6 +187,21 @@ class TokenVocab:
         if ids.min() < 0 or ids.max() >= len(self._strings):
             raise ValueError(f"ids must lie in [0, {len(self._strings)})")
         return "".join(self._strings[i] for i in ids.ravel().tolist())
+
+
+def _tokenizer_problem(kind: str, tokenizer) -> str | None:
+    """Why a loaded tokenizer is not one that ``TokenVocab.train`` makes, or None."""
+    state = json.loads(tokenizer.to_str())
+    if (state.get("model") or {}).get("type") != {"bpe": "BPE", "word": "WordLevel"}[kind]:
+        return f"it says {kind} but holds a {(state.get('model') or {}).get('type')} model"
+    if state.get("normalizer") is not None:
+        return "it normalises the text, so its tokens would not join back to it"
+    if tokenizer.token_to_id(UNKNOWN) is None:
+        return f"it has no {UNKNOWN} token"
+    strings = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+    if any(not s for s in strings) or len(set(strings)) != len(strings):
+        return "its ids are not 0..V-1, each one distinct, non-empty token"
+    return None
 
 
 def vocab_from_json(data: object) -> Vocab | TokenVocab:

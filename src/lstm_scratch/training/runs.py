@@ -137,25 +137,43 @@ def _held_out(items, val_fraction: float) -> tuple:
     return items[:n_train], items[n_train:], []
 
 
-def _token_text(config: TrainConfig, vocab: TokenVocab | None) -> TrainText:
+def _token_parts(config: TrainConfig) -> tuple[str, str, list[str]]:
+    """The run's text as (training part, held-out part, notes), split by characters."""
     text = HAMLET if config.data is None else load_text(config.data, config.encoding, config.lower)
-    train_text, val_text, notes = _held_out(text, config.val_fraction)
+    return _held_out(text, config.val_fraction)
+
+
+def learn_tokenizer(config: TrainConfig) -> TokenVocab:
+    """The word or bpe tokenizer of ``config``, learnt from its text's training part."""
+    return TokenVocab.train(config.tokenizer, _token_parts(config)[0], config.vocab_size)
+
+
+def _token_text(config: TrainConfig, vocab: TokenVocab | None) -> TrainText:
+    train_text, val_text, notes = _token_parts(config)
     if vocab is None:
         vocab = TokenVocab.train(config.tokenizer, train_text, config.vocab_size)
     train_ids = vocab.encode_counted(train_text)[0]
-    val_ids, val_chars = vocab.encode_counted(val_text)
+    val_ids, val_chars, unknown = vocab.encode_known(val_text)  # as `eval` scores a text
     if min(len(train_ids), len(val_ids)) < 2:
-        raise DataError(f"the text makes fewer than 2 {config.tokenizer} tokens to train on")
+        raise DataError(
+            f"the training or the held-out part makes fewer than 2 {config.tokenizer} tokens"
+        )
     chars_per_token = len(train_text) / len(train_ids)
     notes.append(
         f"{len(vocab):,} {config.tokenizer} tokens, learnt from the training text: "
         f"{chars_per_token:.2f} characters per token"
     )
-    unknown = int((val_ids == vocab.unknown_id).sum())
-    if unknown:
-        what = "characters" if config.tokenizer == "bpe" else "words"
+    if unknown and config.tokenizer == "bpe":
         notes.append(
-            f"{unknown:,} {what} of the held-out text are not in the training text: {UNKNOWN}"
+            f"{sum(unknown.values()):,} characters of the held-out text are not in the training "
+            "text: left out of the scores, as eval leaves them out"
+        )
+    elif unknown:
+        share = float(np.mean(val_ids == vocab.unknown_id))
+        notes.append(
+            f"{share:.1%} of the held-out tokens are {UNKNOWN} (words outside the vocabulary): "
+            "each scores as one token, not as the word it hides, so per-character figures are "
+            "lower than spelling those words would cost"
         )
     return TrainText(vocab, train_ids, val_ids, val_chars, chars_per_token, notes)
 

@@ -59,10 +59,11 @@ def sample(
     top_p=1.0,
     seed=None,
     on_id: Callable[[int], object] | None = None,
+    never: int | None = None,
 ) -> list[int]:
     """Feed ``prime_ids`` (at least one), then draw ``length`` ids, calling ``on_id`` on each;
     ``on_id`` returning True stops the drawing there (``sample`` of a token model stops at a
-    length in characters)."""
+    length in characters). ``never``: an id never drawn (a token model's [UNK])."""
     validate_sampling(length, temperature, top_k, top_p)
     rng = np.random.default_rng(seed)
     threads = host.generation_blas_threads(model.params.flat.nbytes)
@@ -72,7 +73,11 @@ def sample(
         stepper, ids = model.stepper(state), np.zeros(1, dtype=np.intp)  # (1,)
         out = []
         for _ in range(length):
-            probs = next_char_distribution(logits[0], temperature, top_k, top_p)
+            row = logits[0]  # (V,)
+            if never is not None:
+                row = row.copy()
+                row[never] = -np.inf
+            probs = next_char_distribution(row, temperature, top_k, top_p)
             next_id = draw(probs, rng)
             out.append(next_id)
             if on_id is not None and on_id(next_id) is True:

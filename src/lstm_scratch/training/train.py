@@ -53,6 +53,7 @@ from lstm_scratch.training.runs import (
     RunLock,
     StopSignals,
     default_out,
+    learn_tokenizer,
     prepare_text,
     resume_point,
     stop_reason,
@@ -222,6 +223,9 @@ def _set_up(config, out, resume, overrides, log) -> tuple[Run, Progress]:
     the schedule. Refuses in one line whatever cannot work, before anything is written."""
     config, point, vocab = _settings(config, resume, overrides, log)
     comm = distributed.world()
+    if vocab is None and config.tokenizer != "char" and comm.size > 1:  # one for every rank
+        learnt = learn_tokenizer(config).to_json() if comm.rank == 0 else None
+        vocab = vocab_from_json(comm.bcast(learnt))
     text = prepare_text(config, vocab)
     data_sha256 = point.data_sha256 if point else (config.data and file_sha256(config.data))
     chunks, rows, seq_len = _batches(config, text.train_ids, comm, text.notes)
