@@ -69,7 +69,7 @@ def main() -> None:
     print("| recipe | 5 min | 10 min | end | best | chars/s |")
     print("|---|---|---|---|---|---|")
     for name, lines in runs.items():
-        print(row(name, lines))
+        print(row(name, lines) if lines else f"| {name} | no evaluation yet |")
     if args.plot:
         plot(runs, args.plot)
 

@@ -222,14 +222,18 @@ class Vocab:
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """The text of ``ids``; ``ValueError`` if an id is out of range."""
-        ids = np.asarray(ids)
-        if ids.size == 0:
-            return ""
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= len(self._chars):
-            raise ValueError(f"ids must lie in [0, {len(self._chars)})")
-        return _text_of(self._codes[ids.ravel()])
+        ids = checked_ids(ids, len(self._chars))
+        return _text_of(self._codes[ids]) if ids.size else ""
+
+
+def checked_ids(ids, size: int) -> np.ndarray:
+    """``ids`` as a flat integer array; ``ValueError`` unless each lies in [0, size)."""
+    ids = np.asarray(ids).ravel()
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"ids must lie in [0, {size})")
+    return ids
 
 
 def _text_of(codes: np.ndarray) -> str:

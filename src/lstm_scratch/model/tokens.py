@@ -22,7 +22,7 @@ from collections import Counter
 import numpy as np
 
 from lstm_scratch.errors import CheckpointError, ConfigError, DataError
-from lstm_scratch.model.data import Vocab
+from lstm_scratch.model.data import Vocab, checked_ids
 
 TOKENIZERS = ("char", "word", "bpe")
 UNKNOWN = "[UNK]"
@@ -179,14 +179,7 @@ class TokenVocab:
 
     def decode(self, ids) -> str:
         """The text of ``ids``: their tokens joined; ``ValueError`` if an id is out of range."""
-        ids = np.asarray(ids)
-        if ids.size == 0:
-            return ""
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= len(self._strings):
-            raise ValueError(f"ids must lie in [0, {len(self._strings)})")
-        return "".join(self._strings[i] for i in ids.ravel().tolist())
+        return "".join(self._strings[i] for i in checked_ids(ids, len(self._strings)).tolist())
 
 
 def _tokenizer_problem(kind: str, tokenizer) -> str | None:
